@@ -1,0 +1,86 @@
+// Argument checks shared by the CPU and CUDA implementations (same checks, same order).
+//
+// Caller mistakes get a TORCH_CHECK naming the argument and what was expected. The Python
+// wrappers check the same things first with friendlier messages; these checks protect direct
+// calls through torch.ops.mmearth_kernels.*.
+#pragma once
+#include <ATen/ATen.h>
+
+#include "sparse_index.h"
+
+namespace mmearth_kernels {
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+inline at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+inline void check_features(const at::Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK(x.dim() == 2, op, ": ", name, " must be 2-D [N, C] (packed active rows), got shape ", x.sizes());
+  TORCH_CHECK(is_supported_float(x.scalar_type()), op, ": ", name,
+              " must be float32, float64, float16 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK(x.is_contiguous(), op, ": ", name, " must be contiguous (call .contiguous() first)");
+}
+
+inline void check_same(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name,
+                       const char* like_name) {
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but ", like_name, " is on ",
+              like.device());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but ",
+              like_name, " has dtype ", like.scalar_type());
+}
+
+inline void check_index(const at::Tensor& t, int64_t dim, const at::Tensor& x, const char* op, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kInt, op, ": ", name, " must be int32, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == dim, op, ": ", name, " must be ", dim, "-D, got shape ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+// x [N, C]; weight [C, 1, K, K] (nn.Conv2d depthwise layout); bias [C] or None;
+// row_pos [N] int32; inv_map [B, H, W] int32.
+inline void check_sparse_dwconv(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                const at::Tensor& row_pos, const at::Tensor& inv_map) {
+  const char* op = "sparse_dwconv2d";
+  check_features(x, op, "x");
+  const int64_t C = x.size(1);
+  check_same(weight, x, op, "weight", "x");
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == C && weight.size(1) == 1, op,
+              ": weight must have shape [C, 1, K, K] with C = ", C, " (x has ", C, " channels), got ",
+              weight.sizes());
+  const int64_t K = weight.size(2);
+  TORCH_CHECK(weight.size(3) == K, op, ": weight must be square [C, 1, K, K], got ", weight.sizes());
+  TORCH_CHECK(K % 2 == 1 && K >= 1 && K <= index::kMaxKernelSize, op,
+              ": kernel size must be odd and at most ", index::kMaxKernelSize, ", got ", K);
+  TORCH_CHECK(weight.is_contiguous(), op, ": weight must be contiguous");
+  if (bias.has_value()) {
+    check_same(*bias, x, op, "bias", "x");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == C, op, ": bias must have shape [", C, "], got ", bias->sizes());
+    TORCH_CHECK(bias->is_contiguous(), op, ": bias must be contiguous");
+  }
+  check_index(row_pos, 1, x, op, "row_pos");
+  check_index(inv_map, 3, x, op, "inv_map");
+  TORCH_CHECK(row_pos.size(0) == x.size(0), op, ": x has ", x.size(0), " rows but the layout has ", row_pos.size(0),
+              " active sites (is the layout from another stage?)");
+  TORCH_CHECK(inv_map.numel() < (int64_t(1) << 31), op, ": B*H*W must fit in int32, got ", inv_map.numel());
+}
+
+// x [N, C]; gamma, beta [C]; offsets [B + 1] int32.
+inline void check_grn(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& offsets,
+                      double eps) {
+  const char* op = "grn";
+  check_features(x, op, "x");
+  const int64_t C = x.size(1);
+  check_same(gamma, x, op, "gamma", "x");
+  check_same(beta, x, op, "beta", "x");
+  TORCH_CHECK(gamma.dim() == 1 && gamma.size(0) == C && gamma.is_contiguous(), op,
+              ": gamma must be a contiguous [", C, "] tensor, got ", gamma.sizes());
+  TORCH_CHECK(beta.dim() == 1 && beta.size(0) == C && beta.is_contiguous(), op,
+              ": beta must be a contiguous [", C, "] tensor, got ", beta.sizes());
+  check_index(offsets, 1, x, op, "offsets");
+  TORCH_CHECK(offsets.size(0) >= 2, op, ": offsets must have B + 1 >= 2 entries, got ", offsets.size(0));
+  TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
+}
+
+}  // namespace mmearth_kernels

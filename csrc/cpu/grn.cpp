@@ -1,0 +1,286 @@
+// Global Response Normalization on packed rows grouped by sample: CPU kernels.
+//
+//   G[g, c]  = sqrt(sum_{rows of group g} x^2)          (group = one sample, or the whole batch)
+//   Nx[g, c] = G[g, c] / (mean_c G[g, :] + eps)
+//   y        = x * (1 + gamma * Nx[g]) + beta            (= gamma * x * Nx + beta + x)
+//
+// Forward: one read for the statistics, one read + one write to apply. Backward: one read of
+// (grad_out, x) for the statistics, one read + one write to apply. Each group is cut into parts
+// that depend only on the row counts; partial sums are reduced in a fixed order (deterministic).
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "../checks.h"
+#include "../sparse_index.h"
+#include "vec.h"
+
+namespace mmearth_kernels {
+namespace cpu {
+namespace {
+
+constexpr int64_t kRowsPerPart = 256;
+
+// Row ranges of every (group, part) task.
+struct Parts {
+  std::vector<int64_t> bounds;  // group g = rows [bounds[g], bounds[g+1])
+  int64_t S = 1;                // parts per group
+  int64_t groups() const { return static_cast<int64_t>(bounds.size()) - 1; }
+  int64_t tasks() const { return groups() * S; }
+  void rows(int64_t task, int64_t* lo, int64_t* hi) const {
+    const int64_t g = task / S;
+    index::split_range(bounds[g], bounds[g + 1], task % S, S, lo, hi);
+  }
+};
+
+Parts make_parts(const at::Tensor& offsets, int64_t N, bool batch_stats) {
+  Parts p;
+  const at::Tensor off = offsets.to(at::kLong);
+  const int64_t* o = off.data_ptr<int64_t>();
+  const int64_t B = offsets.size(0) - 1;
+  TORCH_CHECK(o[0] == 0 && o[B] == N, "grn: offsets must start at 0 and end at N = ", N, ", got ", o[0], " and ",
+              o[B]);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(o[b] <= o[b + 1], "grn: offsets must be non-decreasing, got offsets[", b, "] = ", o[b], " > ",
+                o[b + 1]);
+  }
+  if (batch_stats) {
+    p.bounds = {0, N};
+  } else {
+    p.bounds.assign(o, o + B + 1);
+  }
+  p.S = index::parts_per_group(N, p.groups(), kRowsPerPart);
+  return p;
+}
+
+// out[c] += f(rows) summed over rows [lo, hi), for one or two per-row vectors.
+template <typename T>
+MMK_INLINE void sum_sq_rows(const T* x, int64_t C, int64_t lo, int64_t hi, acc_t<T>* out) {
+  constexpr int L = lanes<T>();
+  for (int64_t c = 0; c < C; c += L) {
+    const int64_t valid = C - c;
+    vec_t<T> acc = {};
+    for (int64_t r = lo; r < hi; ++r) {
+      const vec_t<T> v = vload_upto(x + r * C + c, valid);
+      acc += v * v;
+    }
+    vstore_upto(out + c, acc, valid);
+  }
+}
+
+template <typename T>
+MMK_INLINE void sum_gx_g_rows(const T* g, const T* x, int64_t C, int64_t lo, int64_t hi, acc_t<T>* s1,
+                              acc_t<T>* s0) {
+  constexpr int L = lanes<T>();
+  for (int64_t c = 0; c < C; c += L) {
+    const int64_t valid = C - c;
+    vec_t<T> a1 = {}, a0 = {};
+    for (int64_t r = lo; r < hi; ++r) {
+      const vec_t<T> gv = vload_upto(g + r * C + c, valid);
+      a1 += gv * vload_upto(x + r * C + c, valid);
+      a0 += gv;
+    }
+    vstore_upto(s1 + c, a1, valid);
+    vstore_upto(s0 + c, a0, valid);
+  }
+}
+
+// out = a * s[c] + b[c]   (forward: a = x, b = beta)    or
+// out = a * s[c] + x * t[c] (backward: a = grad_out)
+template <typename T>
+MMK_INLINE void affine_rows(const T* a, const acc_t<T>* s, const acc_t<T>* b, int64_t C, int64_t lo, int64_t hi,
+                            T* out) {
+  constexpr int L = lanes<T>();
+  for (int64_t r = lo; r < hi; ++r) {
+    for (int64_t c = 0; c < C; c += L) {
+      const int64_t valid = C - c;
+      vstore_upto(out + r * C + c, vload_upto(a + r * C + c, valid) * vload_upto(s + c, valid) + vload_upto(b + c, valid),
+                 valid);
+    }
+  }
+}
+
+template <typename T>
+MMK_INLINE void grad_rows(const T* g, const T* x, const acc_t<T>* s, const acc_t<T>* t, int64_t C, int64_t lo,
+                          int64_t hi, T* dx) {
+  constexpr int L = lanes<T>();
+  for (int64_t r = lo; r < hi; ++r) {
+    for (int64_t c = 0; c < C; c += L) {
+      const int64_t valid = C - c;
+      vstore_upto(dx + r * C + c,
+                 vload_upto(g + r * C + c, valid) * vload_upto(s + c, valid) +
+                     vload_upto(x + r * C + c, valid) * vload_upto(t + c, valid),
+                 valid);
+    }
+  }
+}
+
+#define MMK_GRN_ENTRY(T)                                                                                           \
+  MMK_CPU_CLONES void sum_sq(const T* x, int64_t C, int64_t lo, int64_t hi, acc_t<T>* out) {                     \
+    sum_sq_rows(x, C, lo, hi, out);                                                                                \
+  }                                                                                                                \
+  MMK_CPU_CLONES void sum_gx_g(const T* g, const T* x, int64_t C, int64_t lo, int64_t hi, acc_t<T>* s1,           \
+                               acc_t<T>* s0) {                                                                     \
+    sum_gx_g_rows(g, x, C, lo, hi, s1, s0);                                                                        \
+  }                                                                                                                \
+  MMK_CPU_CLONES void affine(const T* a, const acc_t<T>* s, const acc_t<T>* b, int64_t C, int64_t lo, int64_t hi, \
+                             T* out) {                                                                             \
+    affine_rows(a, s, b, C, lo, hi, out);                                                                          \
+  }                                                                                                                \
+  MMK_CPU_CLONES void grad(const T* g, const T* x, const acc_t<T>* s, const acc_t<T>* t, int64_t C, int64_t lo,    \
+                           int64_t hi, T* dx) {                                                                    \
+    grad_rows(g, x, s, t, C, lo, hi, dx);                                                                          \
+  }
+MMK_GRN_ENTRY(float)
+MMK_GRN_ENTRY(double)
+MMK_GRN_ENTRY(c10::BFloat16)
+MMK_GRN_ENTRY(c10::Half)
+#undef MMK_GRN_ENTRY
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> grn_cpu(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+                                           const at::Tensor& offsets, double eps, bool batch_stats) {
+  check_grn(x, gamma, beta, offsets, eps);
+  TORCH_INTERNAL_ASSERT(x.device().is_cpu());
+  const int64_t N = x.size(0), C = x.size(1);
+  const Parts parts = make_parts(offsets, N, batch_stats);
+  const int64_t G = parts.groups(), S = parts.S;
+  const auto acc = acc_type_of(x.scalar_type());
+  at::Tensor y = at::empty_like(x);
+  at::Tensor gnorm = at::empty({G, C}, x.options().dtype(acc));
+  at::Tensor part = at::empty({parts.tasks(), C}, x.options().dtype(acc));
+  at::Tensor scale = at::empty({G, C}, x.options().dtype(acc));
+  const at::Tensor gamma_a = gamma.to(acc), beta_a = beta.to(acc).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    A* pp = part.data_ptr<A>();
+    at::parallel_for(0, parts.tasks(), 1, [&](int64_t tb, int64_t te) {
+      for (int64_t t = tb; t < te; ++t) {
+        int64_t lo, hi;
+        parts.rows(t, &lo, &hi);
+        sum_sq(xp, C, lo, hi, pp + t * C);
+      }
+    });
+    // Statistics: tiny ([G, C]), in a fixed order.
+    const A* ga = gamma_a.data_ptr<A>();
+    A* gn = gnorm.data_ptr<A>();
+    A* sc = scale.data_ptr<A>();
+    for (int64_t g = 0; g < G; ++g) {
+      A mean = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        A s = 0;
+        for (int64_t k = 0; k < S; ++k) s += pp[(g * S + k) * C + c];
+        gn[g * C + c] = std::sqrt(s);
+        mean += gn[g * C + c];
+      }
+      const A denom = (C > 0 ? mean / A(C) : A(0)) + A(eps);
+      for (int64_t c = 0; c < C; ++c) sc[g * C + c] = A(1) + ga[c] * (gn[g * C + c] / denom);
+    }
+    const A* bp = beta_a.data_ptr<A>();
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    at::parallel_for(0, parts.tasks(), 1, [&](int64_t tb, int64_t te) {
+      for (int64_t t = tb; t < te; ++t) {
+        int64_t lo, hi;
+        parts.rows(t, &lo, &hi);
+        affine(xp, sc + (t / S) * C, bp, C, lo, hi, yp);
+      }
+    });
+  });
+  return {y, gnorm};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                const at::Tensor& gamma, const at::Tensor& gnorm,
+                                                                const at::Tensor& offsets, double eps,
+                                                                bool batch_stats) {
+  check_grn(x, gamma, gamma, offsets, eps);
+  check_features(grad_out, "grn_backward", "grad_out");
+  check_same(grad_out, x, "grn_backward", "grad_out", "x");
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), "grn_backward: grad_out must have the shape of x ", x.sizes(), ", got ",
+              grad_out.sizes());
+  TORCH_INTERNAL_ASSERT(x.device().is_cpu());
+  const int64_t N = x.size(0), C = x.size(1);
+  const Parts parts = make_parts(offsets, N, batch_stats);
+  const int64_t G = parts.groups(), S = parts.S;
+  const auto acc = acc_type_of(x.scalar_type());
+  TORCH_CHECK(gnorm.scalar_type() == acc && gnorm.dim() == 2 && gnorm.size(0) == G && gnorm.size(1) == C,
+              "grn_backward: gnorm must be the [", G, ", ", C, "] ", acc, " statistics returned by grn, got ",
+              gnorm.sizes(), " ", gnorm.scalar_type());
+  at::Tensor dx = at::empty_like(x);
+  at::Tensor s1 = at::empty({parts.tasks(), C}, x.options().dtype(acc));
+  at::Tensor s0 = at::empty({parts.tasks(), C}, x.options().dtype(acc));
+  at::Tensor scale = at::empty({G, C}, x.options().dtype(acc));
+  at::Tensor coef = at::empty({G, C}, x.options().dtype(acc));
+  at::Tensor dgamma = at::zeros({C}, x.options().dtype(acc));
+  at::Tensor dbeta = at::zeros({C}, x.options().dtype(acc));
+  const at::Tensor gamma_a = gamma.to(acc), gn_c = gnorm.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_backward_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const scalar_t* gp = grad_out.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    A* s1p = s1.data_ptr<A>();
+    A* s0p = s0.data_ptr<A>();
+    at::parallel_for(0, parts.tasks(), 1, [&](int64_t tb, int64_t te) {
+      for (int64_t t = tb; t < te; ++t) {
+        int64_t lo, hi;
+        parts.rows(t, &lo, &hi);
+        sum_gx_g(gp, xp, C, lo, hi, s1p + t * C, s0p + t * C);
+      }
+    });
+    const A* ga = gamma_a.data_ptr<A>();
+    const A* gn = gn_c.data_ptr<A>();
+    A* sc = scale.data_ptr<A>();
+    A* cf = coef.data_ptr<A>();
+    A* dg = dgamma.data_ptr<A>();
+    A* db = dbeta.data_ptr<A>();
+    std::vector<A> S1(C);
+    for (int64_t g = 0; g < G; ++g) {
+      const A* Gg = gn + g * C;
+      A mean = 0;
+      for (int64_t c = 0; c < C; ++c) mean += Gg[c];
+      const A D = (C > 0 ? mean / A(C) : A(0)) + A(eps);
+      // A[c] = dL/dNx[c] = gamma_c * sum_rows g*x;   dL/dG[k] = A[k]/D - sum_c A[c] G[c] / (C D^2)
+      A AG = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        A s = 0, z = 0;
+        for (int64_t k = 0; k < S; ++k) {
+          s += s1p[(g * S + k) * C + c];
+          z += s0p[(g * S + k) * C + c];
+        }
+        S1[c] = s;
+        db[c] += z;
+        AG += ga[c] * s * Gg[c];
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        const A nx = Gg[c] / D;
+        dg[c] += S1[c] * nx;
+        sc[g * C + c] = A(1) + ga[c] * nx;
+        const A dLdG = ga[c] * S1[c] / D - AG / (A(C) * D * D);
+        // dG/dx = x / G; a channel with G == 0 has x == 0 on every row, so its gradient is 0.
+        cf[g * C + c] = Gg[c] > A(0) ? dLdG / Gg[c] : A(0);
+      }
+    }
+    scalar_t* dxp = dx.data_ptr<scalar_t>();
+    at::parallel_for(0, parts.tasks(), 1, [&](int64_t tb, int64_t te) {
+      for (int64_t t = tb; t < te; ++t) {
+        int64_t lo, hi;
+        parts.rows(t, &lo, &hi);
+        grad(gp, xp, sc + (t / S) * C, cf + (t / S) * C, C, lo, hi, dxp);
+      }
+    });
+  });
+  return {dx, dgamma.to(gamma.scalar_type()), dbeta.to(gamma.scalar_type())};
+}
+
+TORCH_LIBRARY_IMPL(mmearth_kernels, CPU, m) {
+  m.impl("grn", &grn_cpu);
+  m.impl("grn_backward", &grn_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace mmearth_kernels

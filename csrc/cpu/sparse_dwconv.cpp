@@ -1,0 +1,281 @@
+// Sparse (submanifold) masked depthwise conv2d on packed rows: CPU kernels.
+//
+// Forward is output-stationary: each active row gathers its active neighbours once and
+// accumulates all taps for a block of channels in registers. The backward is one fused pass that
+// is centred on the *input* row q: it gathers grad_out at the rows p that read q (p = q - o_k),
+// which gives grad_x[q] directly (the flipped-kernel gather) and, with x[q] already in registers,
+// the weight-gradient products for the same (p, q, k) triples. Weight/bias gradients go to
+// per-part fp32 partials that a second pass sums in a fixed order: no atomics, deterministic.
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "../sparse_index.h"
+#include "vec.h"
+
+namespace mmearth_kernels {
+namespace cpu {
+namespace {
+
+using index::kMaxTaps;
+
+template <typename T>
+struct DwFwdArgs {
+  const T* x;             // [N, C]
+  const acc_t<T>* w;      // [K*K, C], taps-major
+  const acc_t<T>* bias;   // [C] or nullptr
+  const int32_t* row_pos; // [N]
+  const int32_t* inv_map; // [B, H, W]
+  int64_t H, W, K, C;
+  T* y;                   // [N, C]
+};
+
+template <typename T>
+struct DwBwdArgs {
+  const T* dy;            // [N, C] grad_out
+  const T* x;             // [N, C]
+  const acc_t<T>* w;      // [K*K, C], taps-major (not flipped: the gather below walks the flipped offsets)
+  const int32_t* row_pos;
+  const int32_t* inv_map;
+  int64_t H, W, K, C;
+  T* dx;                  // [N, C]
+  acc_t<T>* dw_part;      // [parts, K*K, C]
+  acc_t<T>* db_part;      // [parts, C]
+};
+
+// Active neighbours of one row: row index and tap. `sign` = +1 gathers the rows p + o_k that the
+// forward reads; -1 gathers the rows q - o_k that read q (the backward's flipped kernel).
+MMK_INLINE int gather_neighbours(const int32_t* inv_map, const index::Site& s, int64_t H, int64_t W, int64_t K,
+                                 int sign, int32_t* nbr, int32_t* tap) {
+  int n = 0;
+  const int64_t taps = K * K;
+  for (int64_t t = 0; t < taps; ++t) {
+    const int32_t q =
+        index::neighbour_row(inv_map, s, H, W, sign * index::tap_dh(t, K), sign * index::tap_dw(t, K));
+    if (q >= 0) {
+      nbr[n] = q;
+      tap[n] = static_cast<int32_t>(t);
+      ++n;
+    }
+  }
+  return n;
+}
+
+// U vectors of channels [c, cend) of one output row, all taps; acc stays in registers.
+template <int U, typename T>
+MMK_INLINE void fwd_block(const DwFwdArgs<T>& a, int n, const int32_t* nbr, const int32_t* tap, int64_t c,
+                          int64_t cend, T* yr) {
+  using V = vec_t<T>;
+  constexpr int L = lanes<T>();
+  V acc[U];
+  for (int u = 0; u < U; ++u) acc[u] = a.bias ? vload_upto(a.bias + c + u * L, cend - c - u * L) : V{};
+  for (int i = 0; i < n; ++i) {
+    const T* xr = a.x + int64_t(nbr[i]) * a.C + c;
+    const acc_t<T>* wr = a.w + int64_t(tap[i]) * a.C + c;
+    for (int u = 0; u < U; ++u) {
+      const int64_t valid = cend - c - u * L;
+      acc[u] += vload_upto(wr + u * L, valid) * vload_upto(xr + u * L, valid);
+    }
+  }
+  for (int u = 0; u < U; ++u) vstore_upto(yr + c + u * L, acc[u], cend - c - u * L);
+}
+
+// Calls body.template run<U>(c, cend) over the channels: blocks of 4 vectors, and the last
+// 1..6 vectors as a single block so small channel counts never run one latency-bound vector.
+template <typename T, typename Body>
+MMK_INLINE void for_channel_blocks(int64_t C, Body&& body) {
+  constexpr int L = lanes<T>();
+  int64_t c = 0;
+  while (c < C) {
+    const int64_t r = (C - c + L - 1) / L;  // vectors left
+    const int U = r > 6 ? 4 : static_cast<int>(r);
+    const int64_t cend = std::min<int64_t>(C, c + U * L);
+    switch (U) {
+      case 1: body.template run<1>(c, cend); break;
+      case 2: body.template run<2>(c, cend); break;
+      case 3: body.template run<3>(c, cend); break;
+      case 4: body.template run<4>(c, cend); break;
+      case 5: body.template run<5>(c, cend); break;
+      default: body.template run<6>(c, cend); break;
+    }
+    c = cend;
+  }
+}
+
+template <typename T>
+struct FwdBody {
+  const DwFwdArgs<T>& a;
+  int n;
+  const int32_t* nbr;
+  const int32_t* tap;
+  T* yr;
+  template <int U>
+  MMK_INLINE void run(int64_t c, int64_t cend) {
+    fwd_block<U>(a, n, nbr, tap, c, cend, yr);
+  }
+};
+
+template <typename T>
+MMK_INLINE void fwd_rows_impl(const DwFwdArgs<T>& a, int64_t begin, int64_t end) {
+  int32_t nbr[kMaxTaps];
+  int32_t tap[kMaxTaps];
+  for (int64_t p = begin; p < end; ++p) {
+    const index::Site s = index::decode(a.row_pos[p], a.H, a.W);
+    const int n = gather_neighbours(a.inv_map, s, a.H, a.W, a.K, +1, nbr, tap);
+    for_channel_blocks<T>(a.C, FwdBody<T>{a, n, nbr, tap, a.y + p * a.C});
+  }
+}
+
+template <int U, typename T>
+MMK_INLINE void bwd_block(const DwBwdArgs<T>& a, int64_t q, int n, const int32_t* nbr, const int32_t* tap,
+                          acc_t<T>* dwp, acc_t<T>* dbp, int64_t c, int64_t cend) {
+  using V = vec_t<T>;
+  constexpr int L = lanes<T>();
+  V xq[U];
+  V dx[U];
+  for (int u = 0; u < U; ++u) {
+    xq[u] = vload_upto(a.x + q * a.C + c + u * L, cend - c - u * L);
+    dx[u] = V{};
+  }
+  for (int i = 0; i < n; ++i) {
+    const T* gr = a.dy + int64_t(nbr[i]) * a.C + c;
+    const acc_t<T>* wr = a.w + int64_t(tap[i]) * a.C + c;
+    acc_t<T>* dwr = dwp + int64_t(tap[i]) * a.C + c;
+    for (int u = 0; u < U; ++u) {
+      const int64_t valid = cend - c - u * L;
+      const V g = vload_upto(gr + u * L, valid);
+      dx[u] += vload_upto(wr + u * L, valid) * g;
+      vstore_upto(dwr + u * L, vload_upto(dwr + u * L, valid) + g * xq[u], valid);
+    }
+  }
+  for (int u = 0; u < U; ++u) {
+    const int64_t valid = cend - c - u * L;
+    vstore_upto(a.dx + q * a.C + c + u * L, dx[u], valid);
+    vstore_upto(dbp + c + u * L, vload_upto(dbp + c + u * L, valid) + vload_upto(a.dy + q * a.C + c + u * L, valid),
+               valid);
+  }
+}
+
+template <typename T>
+struct BwdBody {
+  const DwBwdArgs<T>& a;
+  int64_t q;
+  int n;
+  const int32_t* nbr;
+  const int32_t* tap;
+  acc_t<T>* dwp;
+  acc_t<T>* dbp;
+  template <int U>
+  MMK_INLINE void run(int64_t c, int64_t cend) {
+    bwd_block<U>(a, q, n, nbr, tap, dwp, dbp, c, cend);
+  }
+};
+
+template <typename T>
+MMK_INLINE void bwd_rows_impl(const DwBwdArgs<T>& a, int64_t begin, int64_t end, acc_t<T>* dwp, acc_t<T>* dbp) {
+  int32_t nbr[kMaxTaps];
+  int32_t tap[kMaxTaps];
+  std::fill(dwp, dwp + a.K * a.K * a.C, acc_t<T>(0));
+  std::fill(dbp, dbp + a.C, acc_t<T>(0));
+  for (int64_t q = begin; q < end; ++q) {
+    const index::Site s = index::decode(a.row_pos[q], a.H, a.W);
+    const int n = gather_neighbours(a.inv_map, s, a.H, a.W, a.K, -1, nbr, tap);
+    for_channel_blocks<T>(a.C, BwdBody<T>{a, q, n, nbr, tap, dwp, dbp});
+  }
+}
+
+// Entry points compiled once per ISA (MMK_CPU_CLONES); one overload per storage type.
+#define MMK_DWCONV_ENTRY(T)                                                                                      \
+  MMK_CPU_CLONES void fwd_rows(const DwFwdArgs<T>& a, int64_t begin, int64_t end) {                            \
+    fwd_rows_impl(a, begin, end);                                                                                \
+  }                                                                                                              \
+  MMK_CPU_CLONES void bwd_rows(const DwBwdArgs<T>& a, int64_t begin, int64_t end, acc_t<T>* dwp, acc_t<T>* dbp) { \
+    bwd_rows_impl(a, begin, end, dwp, dbp);                                                                      \
+  }
+MMK_DWCONV_ENTRY(float)
+MMK_DWCONV_ENTRY(double)
+MMK_DWCONV_ENTRY(c10::BFloat16)
+MMK_DWCONV_ENTRY(c10::Half)
+#undef MMK_DWCONV_ENTRY
+
+// [C, 1, K, K] -> [K*K, C] in the accumulation type (tiny; done per call).
+at::Tensor taps_major(const at::Tensor& weight) {
+  const int64_t C = weight.size(0);
+  return weight.reshape({C, -1}).t().to(acc_type_of(weight.scalar_type())).contiguous();
+}
+
+// Rows per grain of the forward; small enough to balance two threads on the 7x7 stage.
+constexpr int64_t kFwdGrain = 16;
+
+}  // namespace
+
+at::Tensor sparse_dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                               const at::Tensor& row_pos, const at::Tensor& inv_map) {
+  check_sparse_dwconv(x, weight, bias, row_pos, inv_map);
+  TORCH_INTERNAL_ASSERT(x.device().is_cpu());
+  const int64_t N = x.size(0), C = x.size(1), K = weight.size(2);
+  const at::Tensor w = taps_major(weight);
+  const at::Tensor b = bias.has_value() ? bias->to(w.scalar_type()).contiguous() : at::Tensor();
+  at::Tensor y = at::empty_like(x);
+  if (N == 0 || C == 0) return y;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const DwFwdArgs<scalar_t> a{x.data_ptr<scalar_t>(), w.data_ptr<A>(), b.defined() ? b.data_ptr<A>() : nullptr,
+                                row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), inv_map.size(1),
+                                inv_map.size(2), K, C, y.data_ptr<scalar_t>()};
+    at::parallel_for(0, N, kFwdGrain, [&](int64_t begin, int64_t end) { fwd_rows(a, begin, end); });
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cpu(const at::Tensor& grad_out,
+                                                                             const at::Tensor& x,
+                                                                             const at::Tensor& weight,
+                                                                             const at::Tensor& row_pos,
+                                                                             const at::Tensor& inv_map) {
+  check_sparse_dwconv(x, weight, c10::nullopt, row_pos, inv_map);
+  check_features(grad_out, "sparse_dwconv2d_backward", "grad_out");
+  check_same(grad_out, x, "sparse_dwconv2d_backward", "grad_out", "x");
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), "sparse_dwconv2d_backward: grad_out must have the shape of x ",
+              x.sizes(), ", got ", grad_out.sizes());
+  TORCH_INTERNAL_ASSERT(x.device().is_cpu());
+  const int64_t N = x.size(0), C = x.size(1), K = weight.size(2), KK = K * K;
+  const at::Tensor w = taps_major(weight);
+  const auto acc = w.scalar_type();
+  // Parts depend only on N, so the reduction order (and the result) is the same for any thread count.
+  const int64_t parts = std::min<int64_t>(index::parts_per_group(N, 1, 64), 256);
+  at::Tensor dx = at::empty_like(x);
+  at::Tensor dw_part = at::empty({parts, KK, C}, x.options().dtype(acc));
+  at::Tensor db_part = at::empty({parts, C}, x.options().dtype(acc));
+  if (N == 0 || C == 0) {
+    return {dx, at::zeros_like(weight), at::zeros({C}, weight.options())};
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_backward_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const DwBwdArgs<scalar_t> a{grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<A>(),
+                                row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), inv_map.size(1),
+                                inv_map.size(2), K, C, dx.data_ptr<scalar_t>(), dw_part.data_ptr<A>(),
+                                db_part.data_ptr<A>()};
+    at::parallel_for(0, parts, 1, [&](int64_t pbegin, int64_t pend) {
+      for (int64_t s = pbegin; s < pend; ++s) {
+        int64_t lo, hi;
+        index::split_range(0, N, s, parts, &lo, &hi);
+        bwd_rows(a, lo, hi, a.dw_part + s * KK * C, a.db_part + s * C);
+      }
+    });
+  });
+  // Second stage: sum the partials over parts (a fixed-order reduction in ATen on CPU).
+  at::Tensor dw = dw_part.sum(0);  // [KK, C]
+  at::Tensor db = db_part.sum(0);  // [C]
+  at::Tensor grad_w = dw.t().reshape({C, 1, K, K}).to(weight.scalar_type()).contiguous();
+  return {dx, grad_w, db.to(weight.scalar_type())};
+}
+
+TORCH_LIBRARY_IMPL(mmearth_kernels, CPU, m) {
+  m.impl("sparse_dwconv2d", &sparse_dwconv2d_cpu);
+  m.impl("sparse_dwconv2d_backward", &sparse_dwconv2d_backward_cpu);
+}
+
+}  // namespace cpu
+}  // namespace mmearth_kernels

@@ -1,0 +1,44 @@
+// The single place where every mmearth_kernels op schema is declared.
+//
+// Device implementations live in csrc/cpu/*.cpp and csrc/cuda/*.cu (TORCH_LIBRARY_IMPL blocks);
+// fake kernels and autograd are registered in Python (mmearth_kernels/ops/).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `import mmearth_kernels._C` loads this shared object, which runs the static TORCH_LIBRARY
+// initialisers below. The module itself is empty on purpose: no pybind11, no load_library.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace mmearth_kernels {
+
+// Whether this build compiled the CUDA sources; the tests compare it with the dispatcher.
+static bool built_with_cuda() {
+#ifdef MMEARTH_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+TORCH_LIBRARY(mmearth_kernels, m) {
+  // Submanifold depthwise conv on packed rows: y[p] = bias + sum_k w[k] * x[p + o_k] over active neighbours.
+  m.def("sparse_dwconv2d(Tensor x, Tensor weight, Tensor? bias, Tensor row_pos, Tensor inv_map) -> Tensor");
+  // Returns (grad_x, grad_weight, grad_bias); grad_bias is returned even when the forward had no bias.
+  m.def(
+      "sparse_dwconv2d_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor row_pos, Tensor inv_map)"
+      " -> (Tensor, Tensor, Tensor)");
+  // GRN on rows grouped by sample; returns (y, gnorm) where gnorm [groups, C] is the L2 norm G (fp32/fp64).
+  m.def("grn(Tensor x, Tensor gamma, Tensor beta, Tensor offsets, float eps, bool batch_stats) -> (Tensor, Tensor)");
+  // Returns (grad_x, grad_gamma, grad_beta).
+  m.def(
+      "grn_backward(Tensor grad_out, Tensor x, Tensor gamma, Tensor gnorm, Tensor offsets, float eps,"
+      " bool batch_stats) -> (Tensor, Tensor, Tensor)");
+  m.def("built_with_cuda() -> bool", &built_with_cuda);
+}
+
+}  // namespace mmearth_kernels

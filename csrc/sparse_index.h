@@ -1,0 +1,69 @@
+// Index arithmetic shared by the C++ CPU kernels and the CUDA kernels.
+//
+// Everything here is pure integer arithmetic on the packed sparse layout, so the CPU tests
+// exercise exactly the code the GPU kernels run.
+//
+// Packed layout (see mmearth_kernels/layout.py):
+//   * features x: [N, C], one row per active site, rows sample-major then raster order;
+//   * row_pos:  [N] int32, flat position b*H*W + h*W + w of each row;
+//   * inv_map:  [B, H, W] int32, the row of each site or -1 when the site is inactive;
+//   * offsets:  [B + 1] int32, rows of sample b are [offsets[b], offsets[b+1]).
+#pragma once
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define MMK_HD __host__ __device__ __forceinline__
+#else
+#define MMK_HD inline
+#endif
+
+namespace mmearth_kernels {
+namespace index {
+
+// Largest odd kernel size the kernels accept; bounds the per-row neighbour lists.
+constexpr int kMaxKernelSize = 15;
+constexpr int kMaxTaps = kMaxKernelSize * kMaxKernelSize;
+
+struct Site {
+  int64_t b, h, w;
+};
+
+MMK_HD Site decode(int64_t pos, int64_t H, int64_t W) {
+  const int64_t hw = H * W;
+  const int64_t b = pos / hw;
+  const int64_t r = pos - b * hw;
+  return Site{b, r / W, r - (r / W) * W};
+}
+
+// Row of the site (s.h + dh, s.w + dw) of the same sample, or -1 when it lies outside the image
+// (zero padding) or is inactive (masked). This is the whole of the submanifold semantics.
+MMK_HD int32_t neighbour_row(const int32_t* inv_map, const Site& s, int64_t H, int64_t W, int64_t dh,
+                             int64_t dw) {
+  const int64_t h = s.h + dh;
+  const int64_t w = s.w + dw;
+  if (h < 0 || h >= H || w < 0 || w >= W) return -1;
+  return inv_map[(s.b * H + h) * W + w];
+}
+
+// Tap t of a K x K kernel (row-major, as nn.Conv2d) reads the input at offset (dh, dw).
+MMK_HD int64_t tap_dh(int64_t t, int64_t K) { return t / K - K / 2; }
+MMK_HD int64_t tap_dw(int64_t t, int64_t K) { return t % K - K / 2; }
+
+// Part s of S of the half-open row range [begin, end): contiguous, balanced, and depends only on
+// the range and S, never on the number of threads, so reductions over parts are deterministic.
+MMK_HD void split_range(int64_t begin, int64_t end, int64_t s, int64_t S, int64_t* lo, int64_t* hi) {
+  const int64_t n = end - begin;
+  *lo = begin + (n * s) / S;
+  *hi = begin + (n * (s + 1)) / S;
+}
+
+// Number of parts per group so that a part holds about `rows_per_part` rows when the N rows are
+// spread evenly over `groups` groups (FCMAE: every sample keeps the same number of rows).
+MMK_HD int64_t parts_per_group(int64_t N, int64_t groups, int64_t rows_per_part) {
+  const int64_t per_group = groups > 0 ? (N + groups - 1) / groups : 0;
+  const int64_t S = (per_group + rows_per_part - 1) / rows_per_part;
+  return S > 0 ? S : 1;
+}
+
+}  // namespace index
+}  // namespace mmearth_kernels

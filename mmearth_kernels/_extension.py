@@ -1,0 +1,43 @@
+"""Loads the compiled extension ``mmearth_kernels._C`` and says clearly what is missing.
+
+The package always imports: without the extension every op still runs with ``impl="ref"``
+(pure PyTorch), and asking for a compiled impl raises an error that says how to build it.
+"""
+
+import logging
+
+import torch
+
+log = logging.getLogger("mmearth_kernels")
+
+NAMESPACE = "mmearth_kernels"
+BUILD_HINT = "build it with `pip install --no-build-isolation -e .` from the repository root (see README)"
+
+try:
+    from . import _C  # noqa: F401  (importing it runs the TORCH_LIBRARY registrations)
+
+    LOADED = True
+    LOAD_ERROR = None
+except ImportError as e:  # not built, built for another torch, or MMEARTH_NO_EXT=1
+    LOADED = False
+    LOAD_ERROR = f"{type(e).__name__}: {e}"
+    log.warning("mmearth_kernels._C is not available (%s); only impl='ref' will work. To fix: %s",
+                LOAD_ERROR, BUILD_HINT)
+
+
+def built_with_cuda() -> bool:
+    """True when the extension was compiled with its CUDA sources."""
+    return LOADED and bool(torch.ops.mmearth_kernels.built_with_cuda())
+
+
+def has_kernel(op: str, dispatch_key: str) -> bool:
+    """Whether the dispatcher has a kernel for ``mmearth_kernels::op`` under CPU/CUDA."""
+    if not LOADED:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", dispatch_key)
+
+
+def require(what: str) -> None:
+    if not LOADED:
+        raise RuntimeError(f"{what} needs the compiled extension mmearth_kernels._C, which is not available "
+                           f"({LOAD_ERROR}); {BUILD_HINT}, or pass impl='ref'.")

@@ -1,0 +1,169 @@
+"""The packed sparse layout that the sparse encoder uses everywhere.
+
+Features of the N active sites of a batch are a dense ``[N, C]`` matrix, rows sample-major, then
+raster order (h, then w) inside a sample. One :class:`SparseLayout` per stage resolution says
+where each row lives and how to find a site's row:
+
+* ``row_pos``  ``[N]`` int32, flat position ``b*H*W + h*W + w`` of every row;
+* ``inv_map``  ``[B, H, W]`` int32, the row of each site, or -1 when the site is masked;
+* ``offsets``  ``[B + 1]`` int32, rows of sample b are ``offsets[b]:offsets[b+1]``.
+
+:func:`build_layout` makes one from the FCMAE patch mask ``[B, gh, gw]`` (1 = masked); every kept
+patch becomes an aligned ``b x b`` block at the stage resolution (b = H / gh). When the number of
+kept patches per sample is given (FCMAE always keeps ``int(L * (1 - ratio))``), N is known from
+shapes alone and the builder never synchronises with the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SparseLayout:
+    """Where the packed rows of one stage live. Build it with :func:`build_layout`."""
+
+    batch_size: int
+    height: int
+    width: int
+    row_pos: torch.Tensor  # [N] int32
+    inv_map: torch.Tensor  # [B, H, W] int32, -1 = inactive
+    offsets: torch.Tensor  # [B + 1] int32
+    rows_per_sample: int | None = None  # set when every sample has the same number of rows
+
+    @property
+    def num_rows(self) -> int:
+        return self.row_pos.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.row_pos.device
+
+    def active(self) -> torch.Tensor:
+        """``[B, H, W]`` bool, True at active (kept) sites."""
+        return self.inv_map >= 0
+
+    def __repr__(self) -> str:  # tensors would flood the repr
+        return (f"SparseLayout(B={self.batch_size}, H={self.height}, W={self.width}, rows={self.num_rows}, "
+                f"rows_per_sample={self.rows_per_sample}, device={self.device})")
+
+
+def _check_mask(mask: torch.Tensor) -> torch.Tensor:
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor [B, gh, gw] (1 = masked), got {type(mask).__name__}")
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be 3-D [B, gh, gw] (1 = masked), got shape {tuple(mask.shape)}")
+    if mask.dtype.is_floating_point or mask.dtype.is_complex:
+        raise TypeError(f"mask must be bool or integer (1 = masked, 0 = kept), got {mask.dtype}")
+    return mask.bool()
+
+
+def build_layout(mask: torch.Tensor, resolution: int | tuple[int, int], kept_per_sample: int | None = None
+                 ) -> SparseLayout:
+    """Layout of one stage from the FCMAE patch mask.
+
+    Args:
+        mask: ``[B, gh, gw]`` bool or integer, 1/True = masked patch, 0/False = kept.
+        resolution: the stage's ``H`` (or ``(H, W)``); must be a multiple of the mask grid.
+        kept_per_sample: number of kept patches in *every* sample (FCMAE: ``num_kept(L, ratio)``).
+            With it the layout is built without any host synchronisation and N is static;
+            without it the counts are read from the mask (one sync), and samples may differ.
+    """
+    mask = _check_mask(mask)
+    B, gh, gw = mask.shape
+    H, W = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    if H <= 0 or W <= 0 or H % gh or W % gw:
+        raise ValueError(f"resolution {(H, W)} must be a positive multiple of the mask grid {(gh, gw)}")
+    bh, bw = H // gh, W // gw
+    active = (~mask).repeat_interleave(bh, dim=1).repeat_interleave(bw, dim=2)  # [B, H, W]
+    if kept_per_sample is None:
+        return layout_from_active(active)
+    if not 0 <= kept_per_sample <= gh * gw:
+        raise ValueError(f"kept_per_sample must be in [0, {gh * gw}], got {kept_per_sample}")
+    if mask.device.type == "cpu" and not torch.compiler.is_compiling():
+        # Cheap on the host; on a GPU this would be a sync, so there it is the caller's promise.
+        kept = (~mask).flatten(1).sum(1)
+        bad = (kept != kept_per_sample).nonzero()
+        if bad.numel():
+            b = int(bad[0, 0])
+            raise ValueError(f"kept_per_sample={kept_per_sample} but sample {b} of the mask keeps "
+                             f"{int(kept[b])} patches; pass kept_per_sample=None for masks with varying counts")
+    return layout_from_active(active, rows_per_sample=kept_per_sample * bh * bw)
+
+
+def layout_from_active(active: torch.Tensor, rows_per_sample: int | None = None) -> SparseLayout:
+    """Layout from a ``[B, H, W]`` bool map of active sites.
+
+    With ``rows_per_sample`` (the same count R in every sample) everything is computed with
+    static shapes: a running count gives each active site its rank, and a scatter writes the
+    positions; inactive sites are sent to a spare column that is then dropped.
+    """
+    if active.dim() != 3 or active.dtype != torch.bool:
+        raise ValueError(f"active must be a [B, H, W] bool tensor, got {tuple(active.shape)} {active.dtype}")
+    B, H, W = active.shape
+    HW = H * W
+    if B * HW >= 2**31:
+        raise ValueError(f"B*H*W = {B * HW} does not fit the int32 positions of the layout")
+    dev = active.device
+    flat = active.reshape(B, HW)
+    if rows_per_sample is not None:
+        R = rows_per_sample
+        rank = flat.to(torch.int32).cumsum(1, dtype=torch.int32) - 1  # [B, HW]
+        col = torch.where(flat, rank, torch.full_like(rank, R)).long()
+        local = torch.zeros(B, R + 1, dtype=torch.int32, device=dev)
+        src = torch.arange(HW, dtype=torch.int32, device=dev).expand(B, HW)
+        local.scatter_(1, col, src)
+        base = torch.arange(B, dtype=torch.int32, device=dev) * HW
+        row_pos = (local[:, :R] + base[:, None]).reshape(-1)
+        first = torch.arange(B, dtype=torch.int32, device=dev)[:, None] * R
+        inv_map = torch.where(flat, rank + first, torch.full_like(rank, -1)).view(B, H, W)
+        offsets = torch.arange(B + 1, dtype=torch.int32, device=dev) * R
+        return SparseLayout(B, H, W, row_pos, inv_map, offsets, rows_per_sample=R)
+    # Variable counts: data-dependent N (one host sync), as any sparse library needs.
+    counts = flat.sum(1, dtype=torch.int32)
+    offsets = torch.zeros(B + 1, dtype=torch.int32, device=dev)
+    offsets[1:] = counts.cumsum(0, dtype=torch.int32)
+    row_pos = flat.reshape(-1).nonzero().squeeze(1).to(torch.int32)
+    rank = flat.reshape(-1).to(torch.int32).cumsum(0, dtype=torch.int32) - 1
+    inv_map = torch.where(flat.reshape(-1), rank, torch.full_like(rank, -1)).view(B, H, W)
+    return SparseLayout(B, H, W, row_pos, inv_map, offsets, rows_per_sample=None)
+
+
+def _check_rows(x: torch.Tensor, layout: SparseLayout, name: str = "x") -> None:
+    if not isinstance(layout, SparseLayout):
+        raise TypeError(f"layout must be a SparseLayout (see build_layout), got {type(layout).__name__}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D [N, C] tensor of packed rows, got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.shape[0] != layout.num_rows:
+        raise ValueError(f"{name} has {x.shape[0]} rows but the layout has {layout.num_rows} active sites "
+                         f"(is the layout from another stage? it is {layout.height}x{layout.width})")
+    if x.device != layout.device:
+        raise ValueError(f"{name} is on {x.device} but the layout is on {layout.device}")
+
+
+def to_dense(x: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+    """Scatter packed rows ``[N, C]`` into a zero-filled ``[B, C, H, W]`` (channels_last memory).
+
+    The shape comes from the layout, never from the largest active coordinate (upstream's
+    ``SparseTensor.dense()`` shrinks the map when the last row/column is masked everywhere).
+    """
+    _check_rows(x, layout)
+    B, H, W, C = layout.batch_size, layout.height, layout.width, x.shape[1]
+    out = x.new_zeros(B * H * W, C).index_copy(0, layout.row_pos.long(), x)
+    return out.view(B, H, W, C).permute(0, 3, 1, 2)
+
+
+def from_dense(dense: torch.Tensor, layout: SparseLayout) -> torch.Tensor:
+    """Gather the active sites of a dense ``[B, C, H, W]`` map into packed rows ``[N, C]``."""
+    if not isinstance(dense, torch.Tensor) or dense.dim() != 4:
+        raise ValueError(f"dense must be a 4-D [B, C, H, W] tensor, got "
+                         f"{tuple(dense.shape) if isinstance(dense, torch.Tensor) else type(dense).__name__}")
+    B, C, H, W = dense.shape
+    if (B, H, W) != (layout.batch_size, layout.height, layout.width):
+        raise ValueError(f"dense has batch/spatial shape {(B, H, W)} but the layout is "
+                         f"{(layout.batch_size, layout.height, layout.width)}")
+    rows = dense.permute(0, 2, 3, 1).reshape(B * H * W, C)
+    return rows.index_select(0, layout.row_pos.long())

@@ -1,0 +1,81 @@
+"""The ``impl=`` switch: which implementation of an op runs on which device.
+
+* ``"ref"``    pure PyTorch (mmearth_kernels.reference); always available.
+* ``"cpu"``    the C++ CPU kernel (CPU tensors).
+* ``"cuda"``   the CUDA kernel (CUDA tensors).
+* ``"triton"`` the Triton kernel (not implemented yet: it lands with the GPU-kernels issue).
+* ``"auto"``   the fastest available one for the device (below).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _extension
+
+IMPLS = ("auto", "ref", "cpu", "cuda", "triton")
+
+# Preference order per device type for impl="auto"; filled from measurements (README, Performance).
+AUTO_ORDER = {
+    "cpu": ("cpu", "ref"),
+    "cuda": ("cuda", "ref"),
+}
+
+
+def available_impls(op: str, device: torch.device | str) -> list[str]:
+    """Concrete implementations of ``op`` that can run on ``device`` in this installation."""
+    dev = torch.device(device)
+    out = ["ref"]
+    if dev.type == "cpu" and _extension.has_kernel(op, "CPU"):
+        out.append("cpu")
+    if dev.type == "cuda" and _extension.has_kernel(op, "CUDA"):
+        out.append("cuda")
+    return out
+
+
+def resolve(op: str, impl: str, device: torch.device) -> str:
+    """The concrete impl to run, or a clear error saying why the requested one cannot."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        avail = available_impls(op, device)
+        for cand in AUTO_ORDER.get(device.type, ("ref",)):
+            if cand in avail:
+                return cand
+        return "ref"
+    if impl == "ref":
+        return impl
+    if impl == "triton":
+        raise NotImplementedError(f"{op}: impl='triton' is not implemented yet; use impl='auto', 'cpu', 'cuda' "
+                                  f"or 'ref'")
+    _extension.require(f"{op}(impl={impl!r})")
+    if device.type != impl:
+        raise ValueError(f"{op}: impl={impl!r} runs on {impl} tensors, but the input is on {device}; "
+                         f"use impl='auto' to pick per device")
+    if not _extension.has_kernel(op, impl.upper()):
+        raise RuntimeError(f"{op}: impl={impl!r} is not in this build (mmearth_kernels._C was built without "
+                           f"its {impl.upper()} kernels; see `python -m mmearth_kernels.info`)")
+    return impl
+
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def check_tensor(t, name: str, *, dim: int | None = None, like: torch.Tensor | None = None,
+                 shape: tuple | None = None) -> None:
+    """Clear Python-side errors for caller mistakes (the C++ checks repeat them for direct op calls)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+    if dim is not None and t.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D, got shape {tuple(t.shape)}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if like is not None:
+        if t.device != like.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {like.device}")
+        if t.dtype != like.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but x has {like.dtype}; use one dtype for all inputs")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous (call .contiguous() first)")

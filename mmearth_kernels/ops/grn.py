@@ -1,0 +1,113 @@
+"""Global Response Normalization (ConvNeXt V2) on rows grouped by sample.
+
+``G = ||x||_2`` over a sample's active rows, ``Nx = G / (mean_c G + eps)``,
+``y = gamma * (x * Nx) + beta + x``. ``stats="per_sample"`` (paper / JAX, the default) or
+``"batch"`` (one G over all rows of the batch, as the released MinkowskiGRN computes it).
+Works on the packed layout ``[N, C]`` and on the dense layout ``[B, ..., C]`` (masked rows zero).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _extension
+from ..layout import SparseLayout
+from ..reference import grn_ref
+from . import _impl
+
+OP = "grn"
+STATS = ("per_sample", "batch")
+
+if _extension.LOADED:
+
+    @torch.library.register_fake("mmearth_kernels::grn")
+    def _grn_fake(x, gamma, beta, offsets, eps, batch_stats):
+        torch._check(x.dim() == 2, lambda: "x must be [N, C]")
+        groups = 1 if batch_stats else offsets.shape[0] - 1
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return torch.empty_like(x), x.new_empty((groups, x.shape[1]), dtype=acc)
+
+    @torch.library.register_fake("mmearth_kernels::grn_backward")
+    def _grn_backward_fake(grad_out, x, gamma, gnorm, offsets, eps, batch_stats):
+        return torch.empty_like(x), torch.empty_like(gamma), torch.empty_like(gamma)
+
+    def _setup_context(ctx, inputs, output):
+        x, gamma, beta, offsets, eps, batch_stats = inputs
+        _, gnorm = output
+        ctx.mark_non_differentiable(gnorm)  # a statistic for the backward, not a differentiable output
+        ctx.save_for_backward(x, gamma, gnorm, offsets)
+        ctx.eps, ctx.batch_stats = eps, batch_stats
+
+    def _backward(ctx, grad_y, _grad_gnorm):
+        x, gamma, gnorm, offsets = ctx.saved_tensors
+        dx, dgamma, dbeta = torch.ops.mmearth_kernels.grn_backward(grad_y.contiguous(), x, gamma, gnorm, offsets,
+                                                                   ctx.eps, ctx.batch_stats)
+        return dx, dgamma, dbeta, None, None, None
+
+    torch.library.register_autograd("mmearth_kernels::grn", _backward, setup_context=_setup_context)
+
+
+def _offsets_for(x2: torch.Tensor, groups, dense_batch: int | None) -> torch.Tensor:
+    if dense_batch is not None:
+        rows = x2.shape[0] // dense_batch
+        return torch.arange(dense_batch + 1, dtype=torch.int32, device=x2.device) * rows
+    if isinstance(groups, SparseLayout):
+        if groups.num_rows != x2.shape[0]:
+            raise ValueError(f"x has {x2.shape[0]} rows but the layout has {groups.num_rows} active sites "
+                             f"(is the layout from another stage?)")
+        return groups.offsets
+    if not isinstance(groups, torch.Tensor):
+        raise TypeError("offsets must be a SparseLayout or a [B + 1] int32 tensor for packed [N, C] input, got "
+                        f"{type(groups).__name__}")
+    if groups.dtype != torch.int32 or groups.dim() != 1 or groups.shape[0] < 2:
+        raise ValueError(f"offsets must be a 1-D int32 tensor of B + 1 >= 2 row offsets, got "
+                         f"{tuple(groups.shape)} {groups.dtype}")
+    if groups.device != x2.device:
+        raise ValueError(f"offsets is on {groups.device} but x is on {x2.device}")
+    return groups
+
+
+def grn(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
+        offsets: SparseLayout | torch.Tensor | None = None, *, eps: float = 1e-6, stats: str = "per_sample",
+        impl: str = "auto") -> torch.Tensor:
+    """GRN on packed rows or on the dense layout.
+
+    Args:
+        x: packed ``[N, C]`` rows (then ``offsets`` is required), or dense ``[B, L, C]`` /
+            ``[B, H, W, C]`` where masked sites hold zeros (then ``offsets`` must be None).
+        gamma, beta: ``C`` values in any shape (``[C]`` or upstream's ``[1, 1, 1, C]``).
+        offsets: a :class:`SparseLayout` or ``[B + 1]`` int32 row offsets for packed input.
+        eps: added to the channel mean of G.
+        stats: ``"per_sample"`` or ``"batch"``.
+        impl: ``"auto"``, ``"ref"``, ``"cpu"``, ``"cuda"``.
+    """
+    _impl.check_tensor(x, "x")
+    if stats not in STATS:
+        raise ValueError(f"stats must be one of {STATS}, got {stats!r}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if x.dim() == 2:
+        if offsets is None:
+            raise ValueError("packed [N, C] input needs offsets (a SparseLayout or [B + 1] int32 offsets); "
+                             "for the dense layout pass x as [B, L, C] or [B, H, W, C]")
+        x2, dense_batch = x, None
+    elif x.dim() in (3, 4):
+        if offsets is not None:
+            raise ValueError(f"dense input {tuple(x.shape)} takes no offsets (one group per sample)")
+        x2, dense_batch = x.reshape(x.shape[0], -1, x.shape[-1]).reshape(-1, x.shape[-1]), x.shape[0]
+    else:
+        raise ValueError(f"x must be [N, C] (packed), [B, L, C] or [B, H, W, C] (dense), got {tuple(x.shape)}")
+    C = x.shape[-1]
+    for name, t in (("gamma", gamma), ("beta", beta)):
+        _impl.check_tensor(t, name, like=x)
+        if t.numel() != C:
+            raise ValueError(f"{name} must hold C = {C} values (x's last dim), got shape {tuple(t.shape)}")
+    off = _offsets_for(x2, offsets, dense_batch)
+    impl = _impl.resolve(OP, impl, x.device)
+    g, b = gamma.reshape(C), beta.reshape(C)
+    batch_stats = stats == "batch"
+    if impl == "ref":
+        y = grn_ref(x2, g, b, off, eps, batch_stats)
+    else:
+        y, _ = torch.ops.mmearth_kernels.grn(x2, g, b, off, float(eps), batch_stats)
+    return y.view(x.shape)

@@ -1,0 +1,82 @@
+"""Sparse (submanifold) masked depthwise conv2d on the packed layout.
+
+``y[p] = bias + sum_k w[k] * x[p + o_k]`` over the *active* neighbours of each active row p:
+a cross-correlation with zero padding, equal at active sites to ``mask * conv2d(mask * x)``.
+The C++ op ``mmearth_kernels::sparse_dwconv2d`` (CPU and CUDA kernels) gets its fake kernel and
+autograd here; the backward is the op ``sparse_dwconv2d_backward``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _extension
+from ..layout import SparseLayout, _check_rows
+from ..reference import sparse_dwconv2d_ref
+from . import _impl
+
+OP = "sparse_dwconv2d"
+
+
+def _fake_checks(x, weight):
+    torch._check(x.dim() == 2, lambda: "x must be [N, C]")
+    torch._check(weight.dim() == 4 and weight.shape[0] == x.shape[1], lambda: "weight must be [C, 1, K, K]")
+
+
+if _extension.LOADED:
+
+    @torch.library.register_fake("mmearth_kernels::sparse_dwconv2d")
+    def _sparse_dwconv2d_fake(x, weight, bias, row_pos, inv_map):
+        _fake_checks(x, weight)
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("mmearth_kernels::sparse_dwconv2d_backward")
+    def _sparse_dwconv2d_backward_fake(grad_out, x, weight, row_pos, inv_map):
+        _fake_checks(x, weight)
+        return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+
+    def _setup_context(ctx, inputs, output):
+        x, weight, bias, row_pos, inv_map = inputs
+        ctx.save_for_backward(x, weight, row_pos, inv_map)
+        ctx.has_bias = bias is not None
+
+    def _backward(ctx, grad):
+        x, weight, row_pos, inv_map = ctx.saved_tensors
+        # opcheck and autograd may hand us non-contiguous (even zero-stride) gradients.
+        dx, dw, db = torch.ops.mmearth_kernels.sparse_dwconv2d_backward(grad.contiguous(), x, weight, row_pos,
+                                                                        inv_map)
+        return dx, dw, (db if ctx.has_bias else None), None, None
+
+    torch.library.register_autograd("mmearth_kernels::sparse_dwconv2d", _backward, setup_context=_setup_context)
+
+
+def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout,
+                    impl: str = "auto") -> torch.Tensor:
+    """Depthwise conv over the active sites of ``layout``.
+
+    Args:
+        x: ``[N, C]`` packed rows of the layout (float32/64, float16, bfloat16; contiguous).
+        weight: ``[C, 1, K, K]``, the ``nn.Conv2d(C, C, K, groups=C)`` layout; K odd (3..15).
+        bias: ``[C]`` or None.
+        layout: the :class:`SparseLayout` of x's stage.
+        impl: ``"auto"``, ``"ref"``, ``"cpu"``, ``"cuda"`` (see ``mmearth_kernels.ops._impl``).
+    Returns:
+        ``[N, C]`` in x's dtype.
+    """
+    _impl.check_tensor(x, "x", dim=2)
+    _check_rows(x, layout)
+    C = x.shape[1]
+    _impl.check_tensor(weight, "weight", dim=4, like=x)
+    if weight.shape[0] != C or weight.shape[1] != 1:
+        raise ValueError(f"weight must have shape [C, 1, K, K] with C = {C} (x's channels), got {tuple(weight.shape)}")
+    K = weight.shape[2]
+    if weight.shape[3] != K:
+        raise ValueError(f"weight must be square [C, 1, K, K], got {tuple(weight.shape)}")
+    if K % 2 == 0 or K > 15:
+        raise ValueError(f"kernel size must be odd and at most 15 (a centred 'same' conv), got {K}")
+    if bias is not None:
+        _impl.check_tensor(bias, "bias", shape=(C,), like=x)
+    impl = _impl.resolve(OP, impl, x.device)
+    if impl == "ref":
+        return sparse_dwconv2d_ref(x, weight, bias, layout)
+    return torch.ops.mmearth_kernels.sparse_dwconv2d(x, weight, bias, layout.row_pos, layout.inv_map)

@@ -1,0 +1,53 @@
+"""Pure-PyTorch references: the ground truth for every kernel.
+
+These are written for clarity, never bent to match a kernel. They work for any dtype and device
+and under autograd and ``torch.compile``; they are also the ``impl="ref"`` fallback.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .layout import SparseLayout, from_dense, to_dense
+
+
+def sparse_dwconv2d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        layout: SparseLayout) -> torch.Tensor:
+    """Submanifold depthwise conv: at active sites, ``a * conv2d(a * x)`` (a = active indicator).
+
+    ``y[p] = bias + sum_k w[k] * x[p + o_k]`` over the active neighbours of p only; a
+    cross-correlation with zero padding, like ``nn.Conv2d(C, C, K, padding=K//2, groups=C)``.
+    """
+    C, K = weight.shape[0], weight.shape[-1]
+    dense = to_dense(x, layout)  # zeros at masked sites = a * x
+    y = F.conv2d(dense, weight, bias, padding=K // 2, groups=C)
+    return from_dense(y, layout)  # keeping active rows only = the outer a *
+
+
+def _group_ids(n_rows: int, offsets: torch.Tensor, batch_stats: bool) -> tuple[torch.Tensor, int]:
+    rows = torch.arange(n_rows, device=offsets.device)
+    if batch_stats:
+        return torch.zeros_like(rows), 1
+    return torch.searchsorted(offsets[1:].long(), rows, right=True), offsets.shape[0] - 1
+
+
+def grn_ref(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offsets: torch.Tensor,
+            eps: float = 1e-6, batch_stats: bool = False) -> torch.Tensor:
+    """GRN over packed rows ``[N, C]`` grouped by sample (``offsets`` ``[B + 1]``).
+
+    ``G = ||x||_2`` over the rows of a sample (or of the whole batch with ``batch_stats``),
+    ``Nx = G / (mean_c G + eps)``, ``y = gamma * (x * Nx) + beta + x``.
+    """
+    gid, groups = _group_ids(x.shape[0], offsets, batch_stats)
+    sq = x.new_zeros(groups, x.shape[1]).index_add(0, gid, x * x)
+    g = sq.sqrt()
+    nx = g / (g.mean(dim=-1, keepdim=True) + eps)
+    return gamma * (x * nx[gid]) + beta + x
+
+
+def grn_dense_eager(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The eager GRN users have today (ConvNeXt V2's dense ``GRN`` on ``[B, H, W, C]``): the baseline."""
+    gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+    nx = gx / (gx.mean(dim=-1, keepdim=True) + eps)
+    return gamma * (x * nx) + beta + x
