@@ -48,41 +48,58 @@ struct DwBwdArgs {
 // forward reads; -1 gathers the rows q - o_k that read q (the backward's flipped kernel).
 MMK_INLINE int gather_neighbours(const int32_t* inv_map, const index::Site& s, int64_t H, int64_t W, int64_t K,
                                  int sign, int32_t* nbr, int32_t* tap) {
+  // Branch-free: whether a neighbour is active is data-dependent (random masks), so a branch per
+  // tap would mispredict often; instead always write and advance n only for active neighbours.
   int n = 0;
-  const int64_t taps = K * K;
-  for (int64_t t = 0; t < taps; ++t) {
-    const int32_t q =
-        index::neighbour_row(inv_map, s, H, W, sign * index::tap_dh(t, K), sign * index::tap_dw(t, K));
-    if (q >= 0) {
+  const int64_t r = K / 2;
+  const int32_t* inv_b = inv_map + s.b * H * W;
+  for (int64_t i = 0; i < K; ++i) {
+    const int64_t h = s.h + sign * (i - r);
+    const bool h_in = h >= 0 && h < H;
+    const int32_t* inv_row = inv_b + (h_in ? h : 0) * W;
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t w = s.w + sign * (j - r);
+      const bool in = h_in && w >= 0 && w < W;
+      const int32_t q = in ? inv_row[in ? w : 0] : -1;
       nbr[n] = q;
-      tap[n] = static_cast<int32_t>(t);
-      ++n;
+      tap[n] = static_cast<int32_t>(i * K + j);
+      n += q >= 0;
     }
   }
   return n;
 }
 
 // U vectors of channels [c, cend) of one output row, all taps; acc stays in registers.
-template <int U, typename T>
+template <int U, bool TAIL, typename T>
 MMK_INLINE void fwd_block(const DwFwdArgs<T>& a, int n, const int32_t* nbr, const int32_t* tap, int64_t c,
                           int64_t cend, T* yr) {
   using V = vec_t<T>;
   constexpr int L = lanes<T>();
   V acc[U];
-  for (int u = 0; u < U; ++u) acc[u] = a.bias ? vload_upto(a.bias + c + u * L, cend - c - u * L) : V{};
+  for (int u = 0; u < U; ++u) acc[u] = a.bias ? vload_upto<TAIL>(a.bias + c + u * L, cend - c - u * L) : V{};
   for (int i = 0; i < n; ++i) {
     const T* xr = a.x + int64_t(nbr[i]) * a.C + c;
     const acc_t<T>* wr = a.w + int64_t(tap[i]) * a.C + c;
     for (int u = 0; u < U; ++u) {
       const int64_t valid = cend - c - u * L;
-      acc[u] += vload_upto(wr + u * L, valid) * vload_upto(xr + u * L, valid);
+      acc[u] += vload_upto<TAIL>(wr + u * L, valid) * vload_upto<TAIL>(xr + u * L, valid);
     }
   }
-  for (int u = 0; u < U; ++u) vstore_upto(yr + c + u * L, acc[u], cend - c - u * L);
+  for (int u = 0; u < U; ++u) vstore_upto<TAIL>(yr + c + u * L, acc[u], cend - c - u * L);
 }
 
-// Calls body.template run<U>(c, cend) over the channels: blocks of 4 vectors, and the last
-// 1..6 vectors as a single block so small channel counts never run one latency-bound vector.
+// Calls body.template run<U, TAIL>(c, cend) over the channels: blocks of 4 vectors, and the last
+// 1..6 vectors as one block so small channel counts never run a single latency-bound vector.
+// TAIL is true only for a block whose last vector is partial (C not a multiple of the width).
+template <int U, typename Body>
+MMK_INLINE void run_block(Body& body, int64_t c, int64_t cend, bool tail) {
+  if (tail) {
+    body.template run<U, true>(c, cend);
+  } else {
+    body.template run<U, false>(c, cend);
+  }
+}
+
 template <typename T, typename Body>
 MMK_INLINE void for_channel_blocks(int64_t C, Body&& body) {
   constexpr int L = lanes<T>();
@@ -91,13 +108,14 @@ MMK_INLINE void for_channel_blocks(int64_t C, Body&& body) {
     const int64_t r = (C - c + L - 1) / L;  // vectors left
     const int U = r > 6 ? 4 : static_cast<int>(r);
     const int64_t cend = std::min<int64_t>(C, c + U * L);
+    const bool tail = cend - c < U * L;
     switch (U) {
-      case 1: body.template run<1>(c, cend); break;
-      case 2: body.template run<2>(c, cend); break;
-      case 3: body.template run<3>(c, cend); break;
-      case 4: body.template run<4>(c, cend); break;
-      case 5: body.template run<5>(c, cend); break;
-      default: body.template run<6>(c, cend); break;
+      case 1: run_block<1>(body, c, cend, tail); break;
+      case 2: run_block<2>(body, c, cend, tail); break;
+      case 3: run_block<3>(body, c, cend, tail); break;
+      case 4: run_block<4>(body, c, cend, tail); break;
+      case 5: run_block<5>(body, c, cend, tail); break;
+      default: run_block<6>(body, c, cend, tail); break;
     }
     c = cend;
   }
@@ -110,9 +128,9 @@ struct FwdBody {
   const int32_t* nbr;
   const int32_t* tap;
   T* yr;
-  template <int U>
+  template <int U, bool TAIL>
   MMK_INLINE void run(int64_t c, int64_t cend) {
-    fwd_block<U>(a, n, nbr, tap, c, cend, yr);
+    fwd_block<U, TAIL>(a, n, nbr, tap, c, cend, yr);
   }
 };
 
@@ -127,7 +145,7 @@ MMK_INLINE void fwd_rows_impl(const DwFwdArgs<T>& a, int64_t begin, int64_t end)
   }
 }
 
-template <int U, typename T>
+template <int U, bool TAIL, typename T>
 MMK_INLINE void bwd_block(const DwBwdArgs<T>& a, int64_t q, int n, const int32_t* nbr, const int32_t* tap,
                           acc_t<T>* dwp, acc_t<T>* dbp, int64_t c, int64_t cend) {
   using V = vec_t<T>;
@@ -135,7 +153,7 @@ MMK_INLINE void bwd_block(const DwBwdArgs<T>& a, int64_t q, int n, const int32_t
   V xq[U];
   V dx[U];
   for (int u = 0; u < U; ++u) {
-    xq[u] = vload_upto(a.x + q * a.C + c + u * L, cend - c - u * L);
+    xq[u] = vload_upto<TAIL>(a.x + q * a.C + c + u * L, cend - c - u * L);
     dx[u] = V{};
   }
   for (int i = 0; i < n; ++i) {
@@ -144,15 +162,15 @@ MMK_INLINE void bwd_block(const DwBwdArgs<T>& a, int64_t q, int n, const int32_t
     acc_t<T>* dwr = dwp + int64_t(tap[i]) * a.C + c;
     for (int u = 0; u < U; ++u) {
       const int64_t valid = cend - c - u * L;
-      const V g = vload_upto(gr + u * L, valid);
-      dx[u] += vload_upto(wr + u * L, valid) * g;
-      vstore_upto(dwr + u * L, vload_upto(dwr + u * L, valid) + g * xq[u], valid);
+      const V g = vload_upto<TAIL>(gr + u * L, valid);
+      dx[u] += vload_upto<TAIL>(wr + u * L, valid) * g;
+      vstore_upto<TAIL>(dwr + u * L, vload_upto<TAIL>(dwr + u * L, valid) + g * xq[u], valid);
     }
   }
   for (int u = 0; u < U; ++u) {
     const int64_t valid = cend - c - u * L;
-    vstore_upto(a.dx + q * a.C + c + u * L, dx[u], valid);
-    vstore_upto(dbp + c + u * L, vload_upto(dbp + c + u * L, valid) + vload_upto(a.dy + q * a.C + c + u * L, valid),
+    vstore_upto<TAIL>(a.dx + q * a.C + c + u * L, dx[u], valid);
+    vstore_upto<TAIL>(dbp + c + u * L, vload_upto<TAIL>(dbp + c + u * L, valid) + vload_upto<TAIL>(a.dy + q * a.C + c + u * L, valid),
                valid);
   }
 }
@@ -166,9 +184,9 @@ struct BwdBody {
   const int32_t* tap;
   acc_t<T>* dwp;
   acc_t<T>* dbp;
-  template <int U>
+  template <int U, bool TAIL>
   MMK_INLINE void run(int64_t c, int64_t cend) {
-    bwd_block<U>(a, q, n, nbr, tap, dwp, dbp, c, cend);
+    bwd_block<U, TAIL>(a, q, n, nbr, tap, dwp, dbp, c, cend);
   }
 };
 
