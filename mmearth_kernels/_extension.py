@@ -30,11 +30,18 @@ def built_with_cuda() -> bool:
     return LOADED and bool(torch.ops.mmearth_kernels.built_with_cuda())
 
 
+OPS = ("sparse_dwconv2d", "sparse_dwconv2d_backward", "grn", "grn_backward")
+# Asked once at import: the dispatcher query is not traceable by torch.compile, a dict lookup is.
+_KERNELS = {
+    (op, key): LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", key)
+    for op in OPS
+    for key in ("CPU", "CUDA")
+}
+
+
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether the dispatcher has a kernel for ``mmearth_kernels::op`` under CPU/CUDA."""
-    if not LOADED:
-        return False
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", dispatch_key)
+    return _KERNELS.get((op, dispatch_key), False)
 
 
 def require(what: str) -> None:

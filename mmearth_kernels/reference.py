@@ -37,11 +37,15 @@ def grn_ref(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offsets: t
     """GRN over packed rows ``[N, C]`` grouped by sample (``offsets`` ``[B + 1]``).
 
     ``G = ||x||_2`` over the rows of a sample (or of the whole batch with ``batch_stats``),
-    ``Nx = G / (mean_c G + eps)``, ``y = gamma * (x * Nx) + beta + x``.
+    ``Nx = G / (mean_c G + eps)``, ``y = gamma * (x * Nx) + beta + x``. Where G = 0 the gradient
+    of G is taken as 0 (the kernels do the same).
     """
     gid, groups = _group_ids(x.shape[0], offsets, batch_stats)
     sq = x.new_zeros(groups, x.shape[1]).index_add(0, gid, x * x)
-    g = sq.sqrt()
+    # sqrt has no derivative at 0 (a channel that is zero on every row of a sample, or a sample with
+    # no rows): take the zero subgradient there instead of autograd's inf * 0 = NaN. Forward unchanged.
+    nonzero = sq > 0
+    g = torch.where(nonzero, sq, torch.ones_like(sq)).sqrt() * nonzero
     nx = g / (g.mean(dim=-1, keepdim=True) + eps)
     return gamma * (x * nx[gid]) + beta + x
 

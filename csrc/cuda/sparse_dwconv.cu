@@ -1,0 +1,156 @@
+// Sparse (submanifold) masked depthwise conv2d on packed rows: CUDA kernels (twin of
+// csrc/cpu/sparse_dwconv.cpp: same checks, same order).
+//
+// Output-stationary: one thread per (active row, channel) computes all taps; inactive neighbours
+// read as zero; no atomics. The input gradient is the same gather with the flipped kernel. The
+// weight gradient is per-part partials [parts, K*K, C] followed by a fixed-order reduction.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../checks.h"
+#include "../sparse_index.h"
+#include "launch.cuh"
+
+namespace mmearth_kernels {
+namespace cuda {
+namespace {
+
+template <typename T, typename A>
+__global__ void dwconv_gather_kernel(const T* __restrict__ x, const A* __restrict__ w, const A* __restrict__ bias,
+                                     const int32_t* __restrict__ row_pos, const int32_t* __restrict__ inv_map,
+                                     int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, T* __restrict__ y) {
+  const int64_t total = N * C;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t p = i / C, c = i - p * C;
+    const index::Site s = index::decode(row_pos[p], H, W);
+    A acc = bias ? bias[c] : A(0);
+    for (int64_t t = 0; t < K * K; ++t) {
+      const int32_t q = index::neighbour_row(inv_map, s, H, W, index::tap_dh(t, K), index::tap_dw(t, K));
+      if (q >= 0) acc += w[t * C + c] * static_cast<A>(x[int64_t(q) * C + c]);
+    }
+    y[i] = static_cast<T>(acc);
+  }
+}
+
+// Partials of dw[t, c] = sum_p dy[p, c] * x[p + o_t, c] and db[c] = sum_p dy[p, c] over one part of the rows.
+template <typename T, typename A>
+__global__ void dwconv_wgrad_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x,
+                                            const int32_t* __restrict__ row_pos, const int32_t* __restrict__ inv_map,
+                                            int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, int64_t parts,
+                                            A* __restrict__ dw_part, A* __restrict__ db_part) {
+  const int64_t part = blockIdx.x;
+  const int64_t c = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  int64_t lo, hi;
+  index::split_range(0, N, part, parts, &lo, &hi);
+  A db = 0;
+  for (int64_t p = lo; p < hi; ++p) db += static_cast<A>(dy[p * C + c]);
+  db_part[part * C + c] = db;
+  for (int64_t t = 0; t < K * K; ++t) {
+    A acc = 0;
+    for (int64_t p = lo; p < hi; ++p) {
+      const index::Site s = index::decode(row_pos[p], H, W);
+      const int32_t q = index::neighbour_row(inv_map, s, H, W, index::tap_dh(t, K), index::tap_dw(t, K));
+      if (q >= 0) acc += static_cast<A>(dy[p * C + c]) * static_cast<A>(x[int64_t(q) * C + c]);
+    }
+    dw_part[(part * K * K + t) * C + c] = acc;
+  }
+}
+
+// out[j] = sum over parts of part[s, j], in part order (deterministic).
+template <typename A>
+__global__ void sum_parts_kernel(const A* __restrict__ part, int64_t parts, int64_t n, A* __restrict__ out) {
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < n; j += int64_t(gridDim.x) * blockDim.x) {
+    A s = 0;
+    for (int64_t k = 0; k < parts; ++k) s += part[k * n + j];
+    out[j] = s;
+  }
+}
+
+at::Tensor taps_major(const at::Tensor& weight) {
+  const int64_t C = weight.size(0);
+  return weight.reshape({C, -1}).t().to(acc_type_of(weight.scalar_type())).contiguous();
+}
+
+}  // namespace
+
+at::Tensor sparse_dwconv2d_cuda(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                const at::Tensor& row_pos, const at::Tensor& inv_map) {
+  check_sparse_dwconv(x, weight, bias, row_pos, inv_map);
+  TORCH_INTERNAL_ASSERT(x.device().is_cuda());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = x.size(0), C = x.size(1), K = weight.size(2);
+  const at::Tensor w = taps_major(weight);
+  const at::Tensor b = bias.has_value() ? bias->to(w.scalar_type()).contiguous() : at::Tensor();
+  at::Tensor y = at::empty_like(x);
+  if (N == 0 || C == 0) return y;
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_cuda", [&] {
+    using A = acc_t<scalar_t>;
+    dwconv_gather_kernel<scalar_t, A><<<blocks_for(N * C), kThreads, 0, stream>>>(
+        x.data_ptr<scalar_t>(), w.data_ptr<A>(), b.defined() ? b.data_ptr<A>() : nullptr,
+        row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), N, inv_map.size(1), inv_map.size(2), K, C,
+        y.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cuda(const at::Tensor& grad_out,
+                                                                              const at::Tensor& x,
+                                                                              const at::Tensor& weight,
+                                                                              const at::Tensor& row_pos,
+                                                                              const at::Tensor& inv_map) {
+  check_sparse_dwconv(x, weight, c10::nullopt, row_pos, inv_map);
+  check_features(grad_out, "sparse_dwconv2d_backward", "grad_out");
+  check_same(grad_out, x, "sparse_dwconv2d_backward", "grad_out", "x");
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), "sparse_dwconv2d_backward: grad_out must have the shape of x ",
+              x.sizes(), ", got ", grad_out.sizes());
+  TORCH_INTERNAL_ASSERT(x.device().is_cuda());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const int64_t N = x.size(0), C = x.size(1), K = weight.size(2), KK = K * K;
+  const at::Tensor w = taps_major(weight);
+  const auto acc = w.scalar_type();
+  const int64_t parts = std::min<int64_t>(index::parts_per_group(N, 1, 64), 256);
+  at::Tensor dx = at::empty_like(x);
+  if (N == 0 || C == 0) {
+    return {dx, at::zeros_like(weight), at::zeros({C}, weight.options())};
+  }
+  // Flipped taps: dx[q] = sum_t w[t] dy[q - o_t] = sum_t w[KK-1-t] dy[q + o_t].
+  const at::Tensor w_flip = w.flip({0}).contiguous();
+  at::Tensor dw_part = at::empty({parts, KK, C}, x.options().dtype(acc));
+  at::Tensor db_part = at::empty({parts, C}, x.options().dtype(acc));
+  at::Tensor dw = at::empty({KK, C}, x.options().dtype(acc));
+  at::Tensor db = at::empty({C}, x.options().dtype(acc));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_backward_cuda", [&] {
+    using A = acc_t<scalar_t>;
+    const int64_t H = inv_map.size(1), W = inv_map.size(2);
+    dwconv_gather_kernel<scalar_t, A><<<blocks_for(N * C), kThreads, 0, stream>>>(
+        grad_out.data_ptr<scalar_t>(), w_flip.data_ptr<A>(), nullptr, row_pos.data_ptr<int32_t>(),
+        inv_map.data_ptr<int32_t>(), N, H, W, K, C, dx.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const dim3 grid(static_cast<unsigned int>(parts), static_cast<unsigned int>((C + kThreads - 1) / kThreads));
+    dwconv_wgrad_partial_kernel<scalar_t, A><<<grid, kThreads, 0, stream>>>(
+        grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), row_pos.data_ptr<int32_t>(),
+        inv_map.data_ptr<int32_t>(), N, H, W, K, C, parts, dw_part.data_ptr<A>(), db_part.data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    sum_parts_kernel<A><<<blocks_for(KK * C), kThreads, 0, stream>>>(dw_part.data_ptr<A>(), parts, KK * C,
+                                                                     dw.data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    sum_parts_kernel<A><<<blocks_for(C), kThreads, 0, stream>>>(db_part.data_ptr<A>(), parts, C, db.data_ptr<A>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  at::Tensor grad_w = dw.t().reshape({C, 1, K, K}).to(weight.scalar_type()).contiguous();
+  return {dx, grad_w, db.to(weight.scalar_type())};
+}
+
+TORCH_LIBRARY_IMPL(mmearth_kernels, CUDA, m) {
+  m.impl("sparse_dwconv2d", &sparse_dwconv2d_cuda);
+  m.impl("sparse_dwconv2d_backward", &sparse_dwconv2d_backward_cuda);
+}
+
+}  // namespace cuda
+}  // namespace mmearth_kernels

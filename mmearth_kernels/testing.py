@@ -1,0 +1,124 @@
+"""Sample inputs shared by the tests and the benchmarks (one source for both).
+
+Shapes are small and odd on purpose (odd channel counts exercise the vector tails, odd
+resolutions the image borders), masks cover every ratio including the edges: nothing masked,
+one sample with everything masked, and a whole batch masked (N = 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .layout import SparseLayout, build_layout
+from .masking import num_kept, random_patch_mask
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+# fp32/fp64 tolerances against the fp64 reference (values are O(1)-O(10) sums of products).
+TOLERANCES = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
+
+
+@dataclass
+class MaskCase:
+    batch: int
+    grid: int        # mask grid gh = gw
+    block: int       # b: stage resolution = grid * block
+    ratio: float     # FCMAE mask ratio (kept = int(L * (1 - ratio)) per sample)
+    all_masked_sample: bool = False  # additionally mask every patch of sample 0
+    seed: int = 0
+
+    @property
+    def resolution(self) -> int:
+        return self.grid * self.block
+
+    def __str__(self) -> str:
+        extra = "-empty0" if self.all_masked_sample else ""
+        return f"B{self.batch}g{self.grid}b{self.block}r{self.ratio}{extra}"
+
+
+def make_layout(case: MaskCase, device="cpu") -> SparseLayout:
+    g = torch.Generator().manual_seed(case.seed)
+    mask = random_patch_mask(case.batch, case.grid, case.ratio, generator=g)
+    kept = num_kept(case.grid * case.grid, case.ratio)
+    if case.all_masked_sample:
+        mask[0] = True
+        kept = None  # counts now differ between samples: the data-dependent builder path
+    return build_layout(mask.to(device), case.resolution, kept)
+
+
+# Every mask ratio incl. the edges; odd grids/blocks; b = 1, 2, 3, 4 (stage 4..1 style).
+MASK_CASES = [
+    MaskCase(2, 3, 3, 0.0, seed=1),                            # nothing masked
+    MaskCase(3, 5, 1, 0.6, seed=2),                            # b = 1 (7x7-stage style)
+    MaskCase(2, 3, 2, 0.4, seed=3),
+    MaskCase(2, 4, 3, 0.75, seed=4),
+    MaskCase(3, 3, 4, 0.612, all_masked_sample=True, seed=5),  # one sample with everything masked
+    MaskCase(2, 3, 1, 1.0, seed=6),                            # the whole batch masked: N = 0
+]
+
+
+@dataclass
+class DwconvSample:
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    layout: SparseLayout
+    name: str
+
+    def args(self):
+        return self.x, self.weight, self.bias, self.layout
+
+
+def dwconv_samples(device="cpu", dtype=torch.float32, requires_grad=False, cases=None) -> list[DwconvSample]:
+    """(C, K, bias) combinations crossed with the mask cases; C odd and > one vector width."""
+    configs = [(5, 3, True), (13, 5, False), (37, 7, True), (3, 1, True)]
+    out = []
+    for i, case in enumerate(cases or MASK_CASES):
+        for j, (C, K, has_bias) in enumerate(configs):
+            if (i + j) % 2:  # a balanced half of the cross product keeps the suite quick
+                continue
+            g = torch.Generator().manual_seed(100 * i + j)
+            lay = make_layout(case, device)
+            x = torch.randn(lay.num_rows, C, generator=g).to(device, dtype)
+            w = torch.randn(C, 1, K, K, generator=g).div(K).to(device, dtype)
+            b = torch.randn(C, generator=g).to(device, dtype) if has_bias else None
+            for t in (x, w, b):
+                if t is not None:
+                    t.requires_grad_(requires_grad)
+            out.append(DwconvSample(x, w, b, lay, f"{case}-C{C}K{K}{'b' if has_bias else ''}"))
+    return out
+
+
+@dataclass
+class GrnSample:
+    x: torch.Tensor
+    gamma: torch.Tensor
+    beta: torch.Tensor
+    layout: SparseLayout
+    name: str
+
+
+def grn_samples(device="cpu", dtype=torch.float32, requires_grad=False, cases=None) -> list[GrnSample]:
+    out = []
+    for i, case in enumerate(cases or MASK_CASES):
+        for C in (7, 45):
+            g = torch.Generator().manual_seed(10 * i + C)
+            lay = make_layout(case, device)
+            # GELU-like, non-negative-leaning activations as GRN sees them, with non-zero gamma/beta.
+            x = torch.randn(lay.num_rows, C, generator=g).to(device, dtype)
+            gamma = torch.randn(C, generator=g).to(device, dtype)
+            beta = torch.randn(C, generator=g).to(device, dtype)
+            for t in (x, gamma, beta):
+                t.requires_grad_(requires_grad)
+            out.append(GrnSample(x, gamma, beta, lay, f"{case}-C{C}"))
+    return out
+
+
+def atto_stage_shapes(batch: int = 64):
+    """(resolution, channels) of ConvNeXt V2 atto's four stages at 224/32 (56/8 in MMEarth): 56..7 px."""
+    return [(56, 40), (28, 80), (14, 160), (7, 320)]
+
+
+def tiny_stage_shapes(batch: int = 64):
+    return [(56, 96), (28, 192), (14, 384), (7, 768)]

@@ -1,0 +1,47 @@
+"""Comparison helpers: fp32/fp64 against tight tolerances, low precision against 2x PyTorch's own error."""
+
+import torch
+
+from mmearth_kernels.testing import LOW_PRECISION, TOLERANCES
+
+
+def max_err(a, b):
+    if a is None or b is None or a.numel() == 0:
+        return 0.0
+    return (a.double() - b.double()).abs().max().item()
+
+
+def check_close(name, got, ref64, pt=None, dtype=torch.float32):
+    """fp32/fp64: assert_close to the fp64 reference. Low precision: error <= 2x PyTorch's error
+    (``pt``, PyTorch's reference computed in the same dtype) plus a one-ulp-of-magnitude floor."""
+    if got is None or ref64 is None:
+        assert got is None and ref64 is None, f"{name}: one gradient is None"
+        return
+    assert got.shape == ref64.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref64.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    if dtype not in LOW_PRECISION:
+        torch.testing.assert_close(got.double(), ref64.double(), **TOLERANCES[dtype], msg=lambda m: f"{name}: {m}")
+        return
+    err, err_pt = max_err(got, ref64), max_err(pt, ref64)
+    floor = torch.finfo(dtype).eps * (ref64.abs().max().item() if ref64.numel() else 0.0)
+    print(f"{name}: max err {err:.3g}, PyTorch {dtype} err {err_pt:.3g}")
+    assert err <= 2 * err_pt + floor, f"{name}: error {err:.3g} > 2 x PyTorch's {err_pt:.3g} + {floor:.3g}"
+
+
+def grads(out, inputs, grad_out):
+    """Gradients of <out, grad_out> w.r.t. inputs (None for inputs that are None)."""
+    live = [t for t in inputs if t is not None]
+    got = torch.autograd.grad(out, live, grad_out, allow_unused=True)
+    it = iter(got)
+    res = []
+    for t in inputs:
+        if t is None:
+            res.append(None)
+        else:
+            g = next(it)
+            res.append(torch.zeros_like(t) if g is None else g)
+    return res
+
+
+def upcast(tensors, dtype=torch.float64):
+    return [None if t is None else t.detach().to(dtype).requires_grad_() for t in tensors]

@@ -1,0 +1,84 @@
+"""Bad input gives a clear error naming the argument; nothing crashes, nothing is silently wrong."""
+
+import pytest
+import torch
+
+import mmearth_kernels as mk
+
+from conftest import cpu_impls
+
+IMPLS = ["ref", *cpu_impls("sparse_dwconv2d")]
+MASK = mk.random_patch_mask(2, 7, 0.6, generator=torch.Generator().manual_seed(0))
+L28 = mk.build_layout(MASK, 28, 19)
+L14 = mk.build_layout(MASK, 14, 19)
+X = torch.randn(L28.num_rows, 8)
+W = torch.randn(8, 1, 7, 7)
+B = torch.randn(8)
+G = torch.randn(8)
+
+DWCONV_CASES = {
+    "x int dtype": (dict(x=X.long()), TypeError, "x must be float32"),
+    "x rank": (dict(x=X[None]), ValueError, "x must be 2-D"),
+    "x not a tensor": (dict(x=X.numpy()), TypeError, "x must be a torch.Tensor"),
+    "x non-contiguous": (dict(x=torch.randn(8, L28.num_rows).t()), ValueError, "x must be contiguous"),
+    "weight dtype": (dict(weight=W.double()), TypeError, "weight has dtype torch.float64 but x has"),
+    "weight device": (dict(weight=W.to("meta")), ValueError, "weight is on meta but x is on cpu"),
+    "weight channels": (dict(weight=torch.randn(9, 1, 7, 7)), ValueError, "C = 8"),
+    "weight rank": (dict(weight=torch.randn(8, 7, 7)), ValueError, "weight must be 4-D"),
+    "kernel even": (dict(weight=torch.randn(8, 1, 4, 4)), ValueError, "odd"),
+    "kernel not square": (dict(weight=torch.randn(8, 1, 7, 5)), ValueError, "square"),
+    "bias shape": (dict(bias=torch.randn(7)), ValueError, "bias must have shape"),
+    "layout of another stage": (dict(layout=L14), ValueError, "another stage"),
+    "layout not a layout": (dict(layout="L28"), TypeError, "SparseLayout"),
+    "impl unknown": (dict(impl="fast"), ValueError, "impl must be one of"),
+    "impl cuda on cpu": (dict(impl="cuda"), (ValueError, RuntimeError), "cuda"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DWCONV_CASES))
+def test_dwconv_bad_input(name):
+    override, exc, match = DWCONV_CASES[name]
+    kw = dict(x=X, weight=W, bias=B, layout=L28, impl="auto") | override
+    with pytest.raises(exc, match=match):
+        mk.sparse_dwconv2d(kw["x"], kw["weight"], kw["bias"], kw["layout"], impl=kw["impl"])
+
+
+GRN_CASES = {
+    "gamma size": (dict(gamma=torch.randn(7)), ValueError, "gamma must hold C = 8"),
+    "beta dtype": (dict(beta=G.half()), TypeError, "beta has dtype"),
+    "stats unknown": (dict(stats="global"), ValueError, "stats must be one of"),
+    "eps negative": (dict(eps=-1.0), ValueError, "eps must be >= 0"),
+    "offsets missing": (dict(offsets=None), ValueError, "needs offsets"),
+    "offsets int64": (dict(offsets=L28.offsets.long()), ValueError, "int32"),
+    "layout of another stage": (dict(offsets=L14), ValueError, "another stage"),
+    "x rank 5": (dict(x=torch.randn(1, 2, 3, 4, 8)), ValueError, "x must be"),
+    "dense with offsets": (dict(x=torch.randn(2, 5, 8)), ValueError, "takes no offsets"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRN_CASES))
+def test_grn_bad_input(name):
+    override, exc, match = GRN_CASES[name]
+    kw = dict(x=X, gamma=G, beta=G, offsets=L28, eps=1e-6, stats="per_sample") | override
+    with pytest.raises(exc, match=match):
+        mk.grn(kw["x"], kw["gamma"], kw["beta"], kw["offsets"], eps=kw["eps"], stats=kw["stats"])
+
+
+def test_grn_offsets_not_ending_at_n():
+    off = L28.offsets.clone()
+    off[-1] += 1
+    with pytest.raises(RuntimeError, match="offsets must start at 0 and end at N"):
+        mk.grn(X, G, G, off, impl="cpu")
+
+
+def test_direct_op_calls_are_checked_in_cpp():
+    """Calls that bypass the Python wrapper still get named errors from the C++ checks."""
+    op = torch.ops.mmearth_kernels
+    with pytest.raises(RuntimeError, match="kernel size must be odd"):
+        op.sparse_dwconv2d(X, torch.randn(8, 1, 4, 4), None, L28.row_pos, L28.inv_map)
+    with pytest.raises(RuntimeError, match="another stage"):
+        op.sparse_dwconv2d(X, W, None, L14.row_pos, L14.inv_map)
+    with pytest.raises(RuntimeError, match="row_pos must be int32"):
+        op.sparse_dwconv2d(X, W, None, L28.row_pos.long(), L28.inv_map)
+    with pytest.raises(RuntimeError, match="gamma must be a contiguous"):
+        op.grn(X, torch.randn(7), G, L28.offsets, 1e-6, False)

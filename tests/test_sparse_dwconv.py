@@ -1,0 +1,111 @@
+"""sparse_dwconv2d: every impl against the reference, gradients, opcheck, determinism, semantics."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mmearth_kernels as mk
+from mmearth_kernels.testing import MASK_CASES, dwconv_samples, make_layout
+
+from _compare import check_close, grads, upcast
+from conftest import cpu_impls, requires_ext
+
+IMPLS = cpu_impls("sparse_dwconv2d")
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+OP = torch.ops.mmearth_kernels
+
+
+def test_cpu_kernel_is_available():
+    # Fails loudly (instead of silently testing nothing) if the extension did not build.
+    assert "cpu" in IMPLS, "the C++ CPU kernel is not available: mmearth_kernels._C failed to build or load"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_matches_reference(impl, dtype):
+    for s in dwconv_samples("cpu", dtype, requires_grad=True):
+        inputs = [s.x, s.weight, s.bias]
+        out = mk.sparse_dwconv2d(*s.args(), impl=impl)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        got = grads(out, inputs, g.to(dtype))
+        ref_in = upcast(inputs)
+        ref = mk.sparse_dwconv2d(ref_in[0], ref_in[1], ref_in[2], s.layout, impl="ref")
+        ref_g = grads(ref, ref_in, g)
+        pt, pt_g = None, [None] * 3
+        if dtype in (torch.float16, torch.bfloat16):  # PyTorch's own error in this dtype
+            pt_in = upcast(inputs, dtype)
+            pt = mk.sparse_dwconv2d(pt_in[0], pt_in[1], pt_in[2], s.layout, impl="ref")
+            pt_g = grads(pt, pt_in, g.to(dtype))
+        check_close(f"{s.name} y", out, ref, pt, dtype)
+        for name, a, b, c in zip(("dx", "dw", "db"), got, ref_g, pt_g):
+            check_close(f"{s.name} {name}", a, b, c, dtype)
+
+
+def test_reference_is_masked_dense_conv():
+    """At active sites the op equals mask * conv2d(mask * x) on dense tensors (FCMAE semantics)."""
+    for case in MASK_CASES:
+        lay = make_layout(case)
+        B, H, W = lay.batch_size, lay.height, lay.width
+        x = torch.randn(B, 11, H, W, dtype=torch.float64)
+        w = torch.randn(11, 1, 5, 5, dtype=torch.float64)
+        b = torch.randn(11, dtype=torch.float64)
+        a = lay.active()[:, None].double()
+        dense = a * F.conv2d(a * x, w, b, padding=2, groups=11)
+        for impl in ["ref", *IMPLS]:
+            got = mk.sparse_dwconv2d(mk.from_dense(x, lay), w, b, lay, impl=impl)
+            torch.testing.assert_close(got, mk.from_dense(dense, lay))
+
+
+@requires_ext
+def test_gradcheck_fp64():
+    for s in dwconv_samples("cpu", torch.float64, requires_grad=True):
+        if s.x.numel() > 700:
+            continue  # gradcheck is O(numel) forwards; the small samples cover every code path
+        args = [t for t in (s.x, s.weight, s.bias) if t is not None]
+
+        def f(x, w, *b, lay=s.layout):
+            return mk.sparse_dwconv2d(x, w, b[0] if b else None, lay, impl="cpu")
+
+        assert torch.autograd.gradcheck(f, args), s.name
+
+
+@requires_ext
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_opcheck(requires_grad):
+    for s in dwconv_samples("cpu", torch.float32, requires_grad=requires_grad):
+        torch.library.opcheck(OP.sparse_dwconv2d.default, (s.x, s.weight, s.bias, s.layout.row_pos, s.layout.inv_map))
+        if not requires_grad:
+            g = torch.randn_like(s.x)
+            torch.library.opcheck(OP.sparse_dwconv2d_backward.default,
+                                  (g, s.x, s.weight, s.layout.row_pos, s.layout.inv_map))
+
+
+@requires_ext
+def test_backward_is_deterministic_across_thread_counts():
+    s = dwconv_samples("cpu", torch.float32, cases=[MASK_CASES[3]])[0]
+    g = torch.randn_like(s.x)
+    args = (g, s.x, s.weight, s.layout.row_pos, s.layout.inv_map)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = OP.sparse_dwconv2d_backward(*args)
+        torch.set_num_threads(max(2, before))
+        many = OP.sparse_dwconv2d_backward(*args)
+        again = OP.sparse_dwconv2d_backward(*args)
+    finally:
+        torch.set_num_threads(before)
+    for a, b, c in zip(one, many, again):
+        assert torch.equal(a, b) and torch.equal(b, c)
+
+
+@requires_ext
+def test_stage_shapes_fp32():
+    """One realistic shape per stage (atto widths, 61.2 % masked) against the reference."""
+    mask = mk.random_patch_mask(2, 7, 0.6, generator=torch.Generator().manual_seed(1))
+    for res, C in mk.testing.atto_stage_shapes():
+        lay = mk.build_layout(mask, res, 19)
+        x = torch.randn(lay.num_rows, C)
+        w = torch.randn(C, 1, 7, 7) / 7
+        b = torch.randn(C)
+        torch.testing.assert_close(mk.sparse_dwconv2d(x, w, b, lay, impl="cpu"),
+                                   mk.sparse_dwconv2d(x, w, b, lay, impl="ref"), atol=2e-5, rtol=2e-5)
