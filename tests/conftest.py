@@ -28,3 +28,32 @@ def cpu_impls(op):
 requires_ext = pytest.mark.skipif(not _extension.LOADED,
                                   reason="mmearth_kernels._C is not built (MMEARTH_NO_EXT?); compiled impls untested")
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU on this machine; CUDA kernels compiled, not run")
+
+
+def device_impls(op):
+    """(device, impl) params for every compiled impl; CUDA cases skip visibly without a GPU."""
+    params = [pytest.param("cpu", i, id=f"cpu-{i}") for i in cpu_impls(op)]
+    if HAS_CUDA:
+        params += [pytest.param("cuda", i, id=f"cuda-{i}") for i in mk.available_impls(op, "cuda") if i != "ref"]
+    else:
+        params.append(pytest.param("cuda", "cuda", id="cuda-cuda",
+                                   marks=pytest.mark.skip(reason="no CUDA GPU: CUDA kernels compiled, not run")))
+    return params
+
+
+@pytest.fixture
+def poison(request):
+    """On CUDA, fill every uninitialised allocation with NaN so unwritten output elements are caught."""
+    device = request.node.callspec.params.get("device", "cpu") if hasattr(request.node, "callspec") else "cpu"
+    if device != "cuda":
+        yield
+        return
+    prev_det = torch.are_deterministic_algorithms_enabled()
+    prev_fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+        torch.utils.deterministic.fill_uninitialized_memory = prev_fill

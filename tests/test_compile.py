@@ -6,9 +6,9 @@ import torch
 import mmearth_kernels as mk
 from mmearth_kernels.testing import MASK_CASES, dwconv_samples, grn_samples
 
-from conftest import cpu_impls
+from conftest import device_impls
 
-IMPLS = ["ref", *cpu_impls("sparse_dwconv2d")]
+PARAMS = [pytest.param("cpu", "ref", id="cpu-ref"), *device_impls("sparse_dwconv2d")]
 
 
 def _run(fn, tensors):
@@ -18,11 +18,11 @@ def _run(fn, tensors):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("impl", IMPLS)
-def test_compiled_matches_eager(impl):
+@pytest.mark.parametrize("device, impl", PARAMS)
+def test_compiled_matches_eager(device, impl):
     torch._dynamo.reset()
-    d = dwconv_samples(cases=[MASK_CASES[3]])[0]
-    s = grn_samples(cases=[MASK_CASES[3]])[1]
+    d = dwconv_samples(device, cases=[MASK_CASES[3]])[0]
+    s = grn_samples(device, cases=[MASK_CASES[3]])[1]
     lay = d.layout
 
     def block(x, w, b, gamma, beta):
@@ -32,9 +32,12 @@ def test_compiled_matches_eager(impl):
 
     C = d.x.shape[1]
     tensors = [d.x, d.weight, d.bias, s.gamma[:C].detach().clone(), s.beta[:C].detach().clone()]
-    eager_in = [t.detach().clone().requires_grad_() for t in tensors]
-    comp_in = [t.detach().clone().requires_grad_() for t in tensors]
-    want = _run(block, eager_in)
-    got = _run(torch.compile(block, fullgraph=True), comp_in)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    want = _run(block, [t.detach().clone().requires_grad_() for t in tensors])
+    # On CUDA also CUDA graphs (reduce-overhead): catches kernels launched on the wrong stream.
+    modes = ["default"] + (["reduce-overhead"] if device == "cuda" else [])
+    for mode in modes:
+        torch._dynamo.reset()
+        got = _run(torch.compile(block, fullgraph=True, mode=mode), [t.detach().clone().requires_grad_()
+                                                                     for t in tensors])
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

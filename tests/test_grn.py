@@ -7,9 +7,10 @@ import mmearth_kernels as mk
 from mmearth_kernels.testing import MASK_CASES, grn_samples, make_layout
 
 from _compare import check_close, grads, upcast
-from conftest import cpu_impls, requires_ext
+from conftest import cpu_impls, device_impls, requires_ext
 
 IMPLS = cpu_impls("grn")
+DEVICE_IMPLS = device_impls("grn")
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 STATS = ["per_sample", "batch"]
 OP = torch.ops.mmearth_kernels
@@ -21,12 +22,12 @@ def test_cpu_kernel_is_available():
 
 @pytest.mark.parametrize("stats", STATS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("impl", IMPLS)
-def test_matches_reference(impl, dtype, stats):
-    for s in grn_samples("cpu", dtype, requires_grad=True):
+@pytest.mark.parametrize("device, impl", DEVICE_IMPLS)
+def test_matches_reference(device, impl, dtype, stats, poison):
+    for s in grn_samples(device, dtype, requires_grad=True):
         inputs = [s.x, s.gamma, s.beta]
         out = mk.grn(s.x, s.gamma, s.beta, s.layout, stats=stats, impl=impl)
-        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
         got = grads(out, inputs, g.to(dtype))
         r = upcast(inputs)
         ref = mk.grn(r[0], r[1], r[2], s.layout, stats=stats, impl="ref")
@@ -92,19 +93,21 @@ def test_all_masked_sample_is_finite(impl):
 
 
 @requires_ext
-def test_gradcheck_fp64():
-    for s in grn_samples("cpu", torch.float64, requires_grad=True):
+@pytest.mark.parametrize("device, impl", DEVICE_IMPLS)
+def test_gradcheck_fp64(device, impl):
+    for s in grn_samples(device, torch.float64, requires_grad=True):
         if s.x.numel() > 800:
             continue
         for stats in STATS:
-            f = lambda x, g, b, lay=s.layout, st=stats: mk.grn(x, g, b, lay, stats=st, impl="cpu")  # noqa: E731
+            f = lambda x, g, b, lay=s.layout, st=stats: mk.grn(x, g, b, lay, stats=st, impl=impl)  # noqa: E731
             assert torch.autograd.gradcheck(f, (s.x, s.gamma, s.beta)), (s.name, stats)
 
 
 @requires_ext
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(requires_grad):
-    for s in grn_samples("cpu", torch.float32, requires_grad=requires_grad):
+@pytest.mark.parametrize("device, impl", DEVICE_IMPLS)
+def test_opcheck(device, impl, requires_grad):
+    for s in grn_samples(device, torch.float32, requires_grad=requires_grad):
         for batch_stats in (False, True):
             args = (s.x, s.gamma, s.beta, s.layout.offsets, 1e-6, batch_stats)
             torch.library.opcheck(OP.grn.default, args)

@@ -8,9 +8,10 @@ import mmearth_kernels as mk
 from mmearth_kernels.testing import MASK_CASES, dwconv_samples, make_layout
 
 from _compare import check_close, grads, upcast
-from conftest import cpu_impls, requires_ext
+from conftest import cpu_impls, device_impls, requires_ext
 
 IMPLS = cpu_impls("sparse_dwconv2d")
+DEVICE_IMPLS = device_impls("sparse_dwconv2d")
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 OP = torch.ops.mmearth_kernels
 
@@ -21,12 +22,12 @@ def test_cpu_kernel_is_available():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("impl", IMPLS)
-def test_matches_reference(impl, dtype):
-    for s in dwconv_samples("cpu", dtype, requires_grad=True):
+@pytest.mark.parametrize("device, impl", DEVICE_IMPLS)
+def test_matches_reference(device, impl, dtype, poison):
+    for s in dwconv_samples(device, dtype, requires_grad=True):
         inputs = [s.x, s.weight, s.bias]
         out = mk.sparse_dwconv2d(*s.args(), impl=impl)
-        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(device)
         got = grads(out, inputs, g.to(dtype))
         ref_in = upcast(inputs)
         ref = mk.sparse_dwconv2d(ref_in[0], ref_in[1], ref_in[2], s.layout, impl="ref")
@@ -57,22 +58,24 @@ def test_reference_is_masked_dense_conv():
 
 
 @requires_ext
-def test_gradcheck_fp64():
-    for s in dwconv_samples("cpu", torch.float64, requires_grad=True):
+@pytest.mark.parametrize("device, impl", DEVICE_IMPLS)
+def test_gradcheck_fp64(device, impl):
+    for s in dwconv_samples(device, torch.float64, requires_grad=True):
         if s.x.numel() > 700:
             continue  # gradcheck is O(numel) forwards; the small samples cover every code path
         args = [t for t in (s.x, s.weight, s.bias) if t is not None]
 
         def f(x, w, *b, lay=s.layout):
-            return mk.sparse_dwconv2d(x, w, b[0] if b else None, lay, impl="cpu")
+            return mk.sparse_dwconv2d(x, w, b[0] if b else None, lay, impl=impl)
 
         assert torch.autograd.gradcheck(f, args), s.name
 
 
 @requires_ext
 @pytest.mark.parametrize("requires_grad", [False, True])
-def test_opcheck(requires_grad):
-    for s in dwconv_samples("cpu", torch.float32, requires_grad=requires_grad):
+@pytest.mark.parametrize("device, impl", DEVICE_IMPLS)
+def test_opcheck(device, impl, requires_grad):
+    for s in dwconv_samples(device, torch.float32, requires_grad=requires_grad):
         torch.library.opcheck(OP.sparse_dwconv2d.default, (s.x, s.weight, s.bias, s.layout.row_pos, s.layout.inv_map))
         if not requires_grad:
             g = torch.randn_like(s.x)

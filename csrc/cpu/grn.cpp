@@ -56,18 +56,24 @@ Parts make_parts(const at::Tensor& offsets, int64_t N, bool batch_stats) {
   return p;
 }
 
-// out[c] += f(rows) summed over rows [lo, hi), for one or two per-row vectors.
+// Column sums over rows [lo, hi) of x^2 (or of g*x and g). Rows are streamed in order, each row
+// once, into accumulators of C values that stay in L1: at stage 1 the tensor exceeds the caches
+// and a sequential walk is what the hardware prefetcher handles best.
 template <typename T>
 MMK_INLINE void sum_sq_rows(const T* x, int64_t C, int64_t lo, int64_t hi, acc_t<T>* out) {
   constexpr int L = lanes<T>();
-  for (int64_t c = 0; c < C; c += L) {
-    const int64_t valid = C - c;
-    vec_t<T> acc = {};
-    for (int64_t r = lo; r < hi; ++r) {
-      const vec_t<T> v = vload_upto(x + r * C + c, valid);
-      acc += v * v;
+  const int64_t Cv = C - C % L;  // whole vectors; the tail (odd C) is handled lane by lane
+  std::fill(out, out + C, acc_t<T>(0));
+  for (int64_t r = lo; r < hi; ++r) {
+    const T* xr = x + r * C;
+    for (int64_t c = 0; c < Cv; c += L) {
+      const vec_t<T> v = vload(xr + c);
+      vstore(out + c, vload(out + c) + v * v);
     }
-    vstore_upto(out + c, acc, valid);
+    for (int64_t c = Cv; c < C; ++c) {
+      const acc_t<T> v = static_cast<acc_t<T>>(xr[c]);
+      out[c] += v * v;
+    }
   }
 }
 
@@ -75,16 +81,22 @@ template <typename T>
 MMK_INLINE void sum_gx_g_rows(const T* g, const T* x, int64_t C, int64_t lo, int64_t hi, acc_t<T>* s1,
                               acc_t<T>* s0) {
   constexpr int L = lanes<T>();
-  for (int64_t c = 0; c < C; c += L) {
-    const int64_t valid = C - c;
-    vec_t<T> a1 = {}, a0 = {};
-    for (int64_t r = lo; r < hi; ++r) {
-      const vec_t<T> gv = vload_upto(g + r * C + c, valid);
-      a1 += gv * vload_upto(x + r * C + c, valid);
-      a0 += gv;
+  const int64_t Cv = C - C % L;
+  std::fill(s1, s1 + C, acc_t<T>(0));
+  std::fill(s0, s0 + C, acc_t<T>(0));
+  for (int64_t r = lo; r < hi; ++r) {
+    const T* gr = g + r * C;
+    const T* xr = x + r * C;
+    for (int64_t c = 0; c < Cv; c += L) {
+      const vec_t<T> gv = vload(gr + c);
+      vstore(s1 + c, vload(s1 + c) + gv * vload(xr + c));
+      vstore(s0 + c, vload(s0 + c) + gv);
     }
-    vstore_upto(s1 + c, a1, valid);
-    vstore_upto(s0 + c, a0, valid);
+    for (int64_t c = Cv; c < C; ++c) {
+      const acc_t<T> gv = static_cast<acc_t<T>>(gr[c]);
+      s1[c] += gv * static_cast<acc_t<T>>(xr[c]);
+      s0[c] += gv;
+    }
   }
 }
 

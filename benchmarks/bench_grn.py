@@ -1,0 +1,74 @@
+"""GRN: each impl x fwd/bwd/fwd+bwd on the 4C-wide MLP activations of ConvNeXt V2 atto/tiny stages.
+
+Baselines: "eager" = ConvNeXt V2's dense GRN (``torch.norm`` over H, W) on the same active rows
+viewed as ``[B, R, 1, 4C]``; "eager_dense" = the same on the full dense map with masked sites
+zero (what a dense-masked encoder pays); "compiled" = eager under ``torch.compile`` (GPU only:
+it needs a C++/Triton toolchain per shape and is slow to build on 2 cores).
+"""
+
+import pytest
+import torch
+
+import mmearth_kernels as mk
+from mmearth_kernels.reference import grn_dense_eager
+from mmearth_kernels.testing import atto_stage_shapes, tiny_stage_shapes
+
+from conftest import DEVICES, stage_layout
+
+SHAPES = [("atto", r, 4 * c) for r, c in atto_stage_shapes()] + [("tiny", r, 4 * c) for r, c in tiny_stage_shapes()]
+MODES = ["fwd", "bwd", "fwdbwd"]
+DTYPES = {"cpu": [torch.float32], "cuda": [torch.bfloat16, torch.float32]}
+
+
+def _impls(device):
+    extra = ["compiled"] if device == "cuda" else []
+    return [i for i in mk.available_impls("grn", device) if i != "ref"] + ["ref", "eager", "eager_dense"] + extra
+
+
+CASES = [(dev, dt, impl, model, res, C, mode) for dev in DEVICES for dt in DTYPES[dev] for impl in _impls(dev)
+         for model, res, C in SHAPES for mode in MODES]
+
+
+def _id(case):
+    dev, dt, impl, model, res, C, mode = case
+    return f"{dev}-{str(dt)[6:]}-{model}-{res}px-C{C}-{mode}-{impl}"
+
+
+_compiled = torch.compile(grn_dense_eager)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_grn(case, timed, benchmark):
+    dev, dtype, impl, model, res, C, mode = case
+    benchmark.group = f"grn {dev} {str(dtype)[6:]} {model} {res}px C{C} {mode}"
+    lay = stage_layout(res, dev)
+    B = lay.batch_size
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(lay.num_rows, C, generator=gen).to(dev, dtype).requires_grad_()
+    gamma = torch.randn(C, generator=gen).to(dev, dtype).requires_grad_()
+    beta = torch.randn(C, generator=gen).to(dev, dtype).requires_grad_()
+    if impl in ("eager", "compiled"):
+        xe = x.detach().view(B, -1, 1, C).requires_grad_()
+        fn = grn_dense_eager if impl == "eager" else _compiled
+
+        def forward():
+            return fn(xe, gamma, beta)
+    elif impl == "eager_dense":
+        xe = mk.to_dense(x.detach(), lay).permute(0, 2, 3, 1).contiguous().requires_grad_()
+
+        def forward():
+            return grn_dense_eager(xe, gamma, beta)
+    else:
+        def forward():
+            return mk.grn(x, gamma, beta, lay, impl=impl)
+
+    g = torch.randn_like(forward())
+    nc = lay.num_rows * C * x.element_size()
+    bytes_moved = {"fwd": 3 * nc, "bwd": 5 * nc, "fwdbwd": 8 * nc}[mode]
+    info = dict(op="grn", impl=impl, model=model, res=res, C=C, mode=mode, dtype=str(dtype)[6:])
+    if mode == "fwd":
+        timed(forward, dev, bytes_moved, **info)
+    elif mode == "fwdbwd":
+        timed(lambda: forward().backward(g), dev, bytes_moved, **info)
+    else:
+        timed(lambda y: y.backward(g), dev, bytes_moved, setup=lambda: (forward(),), **info)

@@ -1,0 +1,76 @@
+"""Shared fixtures for the kernel benchmarks (pytest-benchmark).
+
+Every benchmark records its context in ``extra_info`` (device, versions, git sha) and the ideal
+bytes of the *sparse* problem, so ``benchmarks/report.py`` can print effective GB/s and the
+speed-up of each impl over the dense baseline measured in the same run.
+
+Environment: ``MMEARTH_BENCH_BATCH`` (default 64) shrinks the batch for quick looks.
+"""
+
+import os
+import platform
+import subprocess
+
+import pytest
+import torch
+
+import mmearth_kernels as mk
+
+BATCH = int(os.environ.get("MMEARTH_BENCH_BATCH", "64"))
+MASK_RATIO = 0.6  # FCMAE: int(49 * 0.4) = 19 kept, 61.2 % masked
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _git_sha():
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(__file__), timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+CONTEXT = {
+    "torch": torch.__version__,
+    "cuda": torch.version.cuda,
+    "cpu": platform.processor() or platform.machine(),
+    "threads": torch.get_num_threads(),
+    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    "git": _git_sha(),
+    "batch": BATCH,
+    "mask_ratio": MASK_RATIO,
+}
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+@pytest.fixture
+def timed(benchmark):
+    """timed(fn, device, bytes_moved, setup=None): time fn (synchronised on CUDA) and record context."""
+
+    def run(fn, device, bytes_moved, setup=None, **info):
+        benchmark.extra_info.update(CONTEXT, device=device, bytes=bytes_moved, **info)
+
+        def call(*args):
+            out = fn(*args)
+            sync(device)
+            return out
+
+        if setup is None:
+            return benchmark.pedantic(call, rounds=7, warmup_rounds=2, iterations=1)
+
+        def wrapped_setup():
+            args = setup()
+            sync(device)
+            return args, {}
+
+        return benchmark.pedantic(call, setup=wrapped_setup, rounds=7, warmup_rounds=2, iterations=1)
+
+    return run
+
+
+def stage_layout(res, device, batch=BATCH, seed=0):
+    mask = mk.random_patch_mask(batch, 7, MASK_RATIO, generator=torch.Generator().manual_seed(seed))
+    return mk.build_layout(mask.to(device), res, mk.num_kept(49, MASK_RATIO))

@@ -1,0 +1,70 @@
+"""Markdown tables from a pytest-benchmark JSON file: median ms per impl, side by side, the speed-up
+of each compiled impl over the baseline measured in the same run, and effective GB/s (ideal bytes
+of the sparse problem / time; with --copy-gbs also % of a measured copy bandwidth).
+
+    python benchmarks/report.py results.json [--copy-gbs 2900]
+"""
+
+import argparse
+import json
+from collections import defaultdict
+
+BASELINE = {"sparse_dwconv2d": "dense", "grn": "eager"}
+KERNEL_IMPLS = ("cpu", "cuda", "triton")
+
+
+def load(path):
+    with open(path) as f:
+        data = json.load(f)
+    rows = defaultdict(dict)  # (op, device, dtype, model, res, C, mode) -> impl -> (median s, bytes)
+    for b in data["benchmarks"]:
+        e = b["extra_info"]
+        key = (e["op"], e["device"], e["dtype"], e["model"], e["res"], e["C"], e["mode"])
+        rows[key][e["impl"]] = (b["stats"]["median"], e["bytes"])
+    return data, rows
+
+
+def table(rows, op, copy_gbs=None):
+    keys = sorted((k for k in rows if k[0] == op), key=lambda k: (k[1], k[2], k[3], -k[4], k[6]))
+    if not keys:
+        return ""
+    impls = sorted({i for k in keys for i in rows[k]}, key=lambda i: (i not in KERNEL_IMPLS, i))
+    base = BASELINE[op]
+    kern = [i for i in impls if i in KERNEL_IMPLS]
+    head = ["device", "dtype", "model", "shape", "mode"] + [f"{i} ms" for i in impls]
+    head += [f"{i} vs {base}" for i in kern] + [f"{i} GB/s" for i in kern]
+    if copy_gbs:
+        head += [f"{i} % copy" for i in kern]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k in keys:
+        r = rows[k]
+        cells = [k[1], k[2], k[3], f"{k[4]}px C{k[5]}", k[6]]
+        cells += [f"{r[i][0] * 1e3:.3f}" if i in r else "" for i in impls]
+        cells += [f"**{r[base][0] / r[i][0]:.2f}x**" if i in r and base in r else "" for i in kern]
+        gbs = {i: r[i][1] / r[i][0] / 1e9 for i in kern if i in r}
+        cells += [f"{gbs[i]:.1f}" if i in gbs else "" for i in kern]
+        if copy_gbs:
+            cells += [f"{100 * gbs[i] / copy_gbs:.0f} %" if i in gbs else "" for i in kern]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("json", help="pytest-benchmark output (--benchmark-json)")
+    ap.add_argument("--copy-gbs", type=float, default=None, help="measured copy bandwidth, for the %% column")
+    args = ap.parse_args()
+    data, rows = load(args.json)
+    m = data.get("machine_info", {})
+    print(f"Machine: {m.get('cpu', {}).get('brand_raw', m.get('processor', '?'))}; "
+          f"{data['benchmarks'][0]['extra_info'].get('gpu') or 'no GPU'}; "
+          f"torch {data['benchmarks'][0]['extra_info'].get('torch')}; "
+          f"git {data['benchmarks'][0]['extra_info'].get('git')}\n")
+    for op in BASELINE:
+        t = table(rows, op, args.copy_gbs)
+        if t:
+            print(f"### {op}\n\n{t}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: sets everything up (scripts/setup_env.sh), then runs
+#   1. the test suite (CPU; CUDA tests skip visibly without a GPU),
+#   2. the kernel benchmarks once each in smoke mode (small batch, --benchmark-disable).
+# Extra arguments go to the first pytest call, e.g. `bash scripts/test.sh -k grn`.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/setup_env.sh
+source "$ROOT/scripts/setup_env.sh"
+cd "$ROOT"
+
+python -m mmearth_kernels.info
+echo "== tests =="
+python -m pytest tests "$@"
+echo "== benchmarks, smoke mode (each case once, batch 4) =="
+MMEARTH_BENCH_BATCH=4 python -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider
