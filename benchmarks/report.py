@@ -2,7 +2,7 @@
 of each compiled impl over the baseline measured in the same run, and effective GB/s (ideal bytes
 of the sparse problem / time; with --copy-gbs also % of a measured copy bandwidth).
 
-    python benchmarks/report.py results.json [--copy-gbs 2900]
+    python benchmarks/report.py results.json [more.json ...] [--copy-gbs 2900] [--env env.json]
 """
 
 import argparse
@@ -13,15 +13,23 @@ BASELINE = {"sparse_dwconv2d": "dense", "grn": "eager"}
 KERNEL_IMPLS = ("cpu", "cuda", "triton")
 
 
-def load(path):
-    with open(path) as f:
-        data = json.load(f)
+def load(paths):
     rows = defaultdict(dict)  # (op, device, dtype, model, res, C, mode) -> impl -> (median s, bytes)
-    for b in data["benchmarks"]:
-        e = b["extra_info"]
-        key = (e["op"], e["device"], e["dtype"], e["model"], e["res"], e["C"], e["mode"])
-        rows[key][e["impl"]] = (b["stats"]["median"], e["bytes"])
-    return data, rows
+    first = None
+    for path in paths:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"report: cannot read pytest-benchmark JSON {path}: {e}")
+        for b in data.get("benchmarks", []):
+            if not b.get("stats"):  # --benchmark-disable runs record no timings
+                continue
+            e = b["extra_info"]
+            key = (e["op"], e["device"], e["dtype"], e["model"], e["res"], e["C"], e["mode"])
+            rows[key][e["impl"]] = (b["stats"]["median"], e["bytes"])
+            first = first or b
+    return first, rows
 
 
 def table(rows, op, copy_gbs=None):
@@ -51,15 +59,21 @@ def table(rows, op, copy_gbs=None):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("json", help="pytest-benchmark output (--benchmark-json)")
+    ap.add_argument("json", nargs="+", help="pytest-benchmark output files (--benchmark-json)")
     ap.add_argument("--copy-gbs", type=float, default=None, help="measured copy bandwidth, for the %% column")
+    ap.add_argument("--env", default=None, help="env.json from gpu_env.py, printed as the header")
     args = ap.parse_args()
-    data, rows = load(args.json)
-    m = data.get("machine_info", {})
-    print(f"Machine: {m.get('cpu', {}).get('brand_raw', m.get('processor', '?'))}; "
-          f"{data['benchmarks'][0]['extra_info'].get('gpu') or 'no GPU'}; "
-          f"torch {data['benchmarks'][0]['extra_info'].get('torch')}; "
-          f"git {data['benchmarks'][0]['extra_info'].get('git')}\n")
+    first, rows = load(args.json)
+    if first is None:
+        print("No timings in the input (smoke run with --benchmark-disable?).")
+        return
+    e = first["extra_info"]
+    print(f"GPU: {e.get('gpu') or 'none'}; torch {e.get('torch')}; CUDA {e.get('cuda')}; git {e.get('git')}; "
+          f"batch {e.get('batch')}; copy bandwidth {args.copy_gbs or 'not measured'} GB/s")
+    if args.env:
+        with open(args.env) as f:
+            print(f"Environment: {json.load(f)}")
+    print()
     for op in BASELINE:
         t = table(rows, op, args.copy_gbs)
         if t:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: sets everything up (scripts/setup_env.sh), then runs
-#   1. the test suite (CPU; CUDA tests skip visibly without a GPU),
-#   2. the kernel benchmarks once each in smoke mode (small batch, --benchmark-disable).
+#   1. the test suite (CPU; CUDA/Triton GPU cases skip visibly without a GPU),
+#   2. the Triton kernels on CPU under TRITON_INTERPRET=1 (pytest -m triton; its summary counts them),
+#   3. the kernel benchmarks once each in smoke mode (small batch, --benchmark-disable).
 # Extra arguments go to the first pytest call, e.g. `bash scripts/test.sh -k grn`.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,5 +13,7 @@ cd "$ROOT"
 python -m mmearth_kernels.info
 echo "== tests =="
 python -m pytest tests "$@"
+echo "== Triton kernels under the interpreter (TRITON_INTERPRET=1 pytest -m triton) =="
+TRITON_INTERPRET=1 python -m pytest tests -m triton -q -p no:cacheprovider
 echo "== benchmarks, smoke mode (each case once, batch 4) =="
 MMEARTH_BENCH_BATCH=4 python -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider

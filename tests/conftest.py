@@ -5,6 +5,7 @@ import torch
 
 import mmearth_kernels as mk
 from mmearth_kernels import _extension
+from mmearth_kernels import triton as _triton
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -20,24 +21,34 @@ def pytest_report_header(config):
 
 
 def cpu_impls(op):
-    """The concrete CPU impls to test against the reference; 'cpu' must exist unless the build skipped it."""
-    impls = [i for i in mk.available_impls(op, "cpu") if i != "ref"]
-    return impls
+    """The compiled CPU impls to test against the reference ('cpu'; 'triton' under the interpreter)."""
+    return [i for i in mk.available_impls(op, "cpu") if i != "ref"]
 
 
 requires_ext = pytest.mark.skipif(not _extension.LOADED,
                                   reason="mmearth_kernels._C is not built (MMEARTH_NO_EXT?); compiled impls untested")
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU on this machine; CUDA kernels compiled, not run")
 
 
 def device_impls(op):
-    """(device, impl) params for every compiled impl; CUDA cases skip visibly without a GPU."""
-    params = [pytest.param("cpu", i, id=f"cpu-{i}") for i in cpu_impls(op)]
-    if HAS_CUDA:
-        params += [pytest.param("cuda", i, id=f"cuda-{i}") for i in mk.available_impls(op, "cuda") if i != "ref"]
+    """(device, impl) params for every compiled impl. Triton cases carry the ``triton`` marker (CI
+    runs them in a separate ``TRITON_INTERPRET=1 pytest -m triton`` step); cases that cannot run on
+    this machine are listed as skips with the reason, never silently dropped."""
+    params = [pytest.param("cpu", i, id=f"cpu-{i}") for i in cpu_impls(op) if i != "triton"]
+    no_gpu = pytest.mark.skip(reason="no CUDA GPU here: the CUDA and Triton GPU cases need one (benchmarks/gpu_check.sh runs them)")
+    if _triton.INTERPRET:
+        params.append(pytest.param("cpu", "triton", id="cpu-triton", marks=pytest.mark.triton))
     else:
-        params.append(pytest.param("cuda", "cuda", id="cuda-cuda",
-                                   marks=pytest.mark.skip(reason="no CUDA GPU: CUDA kernels compiled, not run")))
+        params.append(pytest.param("cpu", "triton", id="cpu-triton", marks=[pytest.mark.triton, pytest.mark.skip(
+            reason="Triton on CPU needs TRITON_INTERPRET=1 before import (scripts/test.sh runs it as its own step)")]))
+    if HAS_CUDA:
+        for i in mk.available_impls(op, "cuda"):
+            if i != "ref":
+                params.append(pytest.param("cuda", i, id=f"cuda-{i}", marks=[pytest.mark.cuda] + (
+                    [pytest.mark.triton] if i == "triton" else [])))
+    else:
+        params.append(pytest.param("cuda", "cuda", id="cuda-cuda", marks=[pytest.mark.cuda, no_gpu]))
+        params.append(pytest.param("cuda", "triton", id="cuda-triton", marks=[pytest.mark.cuda, pytest.mark.triton,
+                                                                              no_gpu]))
     return params
 
 

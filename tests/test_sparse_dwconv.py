@@ -68,7 +68,8 @@ def test_gradcheck_fp64(device, impl):
         def f(x, w, *b, lay=s.layout):
             return mk.sparse_dwconv2d(x, w, b[0] if b else None, lay, impl=impl)
 
-        assert torch.autograd.gradcheck(f, args), s.name
+        # fast_mode (a random projection) for the interpreter: full gradcheck is O(numel) forwards.
+        assert torch.autograd.gradcheck(f, args, fast_mode=impl == "triton"), s.name
 
 
 @requires_ext

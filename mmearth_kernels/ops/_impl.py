@@ -3,7 +3,7 @@
 * ``"ref"``    pure PyTorch (mmearth_kernels.reference); always available.
 * ``"cpu"``    the C++ CPU kernel (CPU tensors).
 * ``"cuda"``   the CUDA kernel (CUDA tensors).
-* ``"triton"`` the Triton kernel (not implemented yet: it lands with the GPU-kernels issue).
+* ``"triton"`` the Triton kernel (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1``, for tests).
 * ``"auto"``   the fastest available one for the device (below).
 """
 
@@ -12,13 +12,16 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
+from .. import triton as _triton
 
 IMPLS = ("auto", "ref", "cpu", "cuda", "triton")
 
-# Preference order per device type for impl="auto"; filled from measurements (README, Performance).
+# Preference order per device type for impl="auto". CPU: the C++ kernels (Triton on CPU is the
+# interpreter, for tests only). CUDA: Triton first until GPU measurements (benchmarks/gpu_check.sh)
+# say otherwise; then this table is updated from benchmarks/results/.
 AUTO_ORDER = {
     "cpu": ("cpu", "ref"),
-    "cuda": ("cuda", "ref"),
+    "cuda": ("triton", "cuda", "ref"),
 }
 
 
@@ -30,6 +33,8 @@ def available_impls(op: str, device: torch.device | str) -> list[str]:
         out.append("cpu")
     if dev.type == "cuda" and _extension.has_kernel(op, "CUDA"):
         out.append("cuda")
+    if _triton.usable(dev):
+        out.append("triton")
     return out
 
 
@@ -46,8 +51,9 @@ def resolve(op: str, impl: str, device: torch.device) -> str:
     if impl == "ref":
         return impl
     if impl == "triton":
-        raise NotImplementedError(f"{op}: impl='triton' is not implemented yet; use impl='auto', 'cpu', 'cuda' "
-                                  f"or 'ref'")
+        if not _triton.usable(device):
+            raise RuntimeError(f"{op}: impl='triton' cannot run here: {_triton.why_not(device)}")
+        return impl
     _extension.require(f"{op}(impl={impl!r})")
     if device.type != impl:
         raise ValueError(f"{op}: impl={impl!r} runs on {impl} tensors, but the input is on {device}; "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
+from .. import triton as _triton
 from ..layout import SparseLayout
 from ..reference import grn_ref
 from . import _impl
@@ -18,33 +19,61 @@ from . import _impl
 OP = "grn"
 STATS = ("per_sample", "batch")
 
-if _extension.LOADED:
+def _fake_forward(x, gamma, beta, offsets, eps, batch_stats):
+    torch._check(x.dim() == 2, lambda: "x must be [N, C]")
+    groups = 1 if batch_stats else offsets.shape[0] - 1
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return torch.empty_like(x), x.new_empty((groups, x.shape[1]), dtype=acc)
 
-    @torch.library.register_fake("mmearth_kernels::grn")
-    def _grn_fake(x, gamma, beta, offsets, eps, batch_stats):
-        torch._check(x.dim() == 2, lambda: "x must be [N, C]")
-        groups = 1 if batch_stats else offsets.shape[0] - 1
-        acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return torch.empty_like(x), x.new_empty((groups, x.shape[1]), dtype=acc)
 
-    @torch.library.register_fake("mmearth_kernels::grn_backward")
-    def _grn_backward_fake(grad_out, x, gamma, gnorm, offsets, eps, batch_stats):
-        return torch.empty_like(x), torch.empty_like(gamma), torch.empty_like(gamma)
+def _fake_backward(grad_out, x, gamma, gnorm, offsets, eps, batch_stats):
+    return torch.empty_like(x), torch.empty_like(gamma), torch.empty_like(gamma)
 
-    def _setup_context(ctx, inputs, output):
-        x, gamma, beta, offsets, eps, batch_stats = inputs
-        _, gnorm = output
-        ctx.mark_non_differentiable(gnorm)  # a statistic for the backward, not a differentiable output
-        ctx.save_for_backward(x, gamma, gnorm, offsets)
-        ctx.eps, ctx.batch_stats = eps, batch_stats
 
-    def _backward(ctx, grad_y, _grad_gnorm):
+def _setup_context(ctx, inputs, output):
+    x, gamma, beta, offsets, eps, batch_stats = inputs
+    _, gnorm = output
+    ctx.mark_non_differentiable(gnorm)  # a statistic for the backward, not a differentiable output
+    ctx.save_for_backward(x, gamma, gnorm, offsets)
+    ctx.eps, ctx.batch_stats = eps, batch_stats
+
+
+def _autograd_for(backward_op):
+    def backward(ctx, grad_y, _grad_gnorm):
         x, gamma, gnorm, offsets = ctx.saved_tensors
-        dx, dgamma, dbeta = torch.ops.mmearth_kernels.grn_backward(grad_y.contiguous(), x, gamma, gnorm, offsets,
-                                                                   ctx.eps, ctx.batch_stats)
+        dx, dgamma, dbeta = backward_op(grad_y.contiguous(), x, gamma, gnorm, offsets, ctx.eps, ctx.batch_stats)
         return dx, dgamma, dbeta, None, None, None
 
-    torch.library.register_autograd("mmearth_kernels::grn", _backward, setup_context=_setup_context)
+    return backward
+
+
+if _extension.LOADED:
+    torch.library.register_fake("mmearth_kernels::grn")(_fake_forward)
+    torch.library.register_fake("mmearth_kernels::grn_backward")(_fake_backward)
+    torch.library.register_autograd("mmearth_kernels::grn", _autograd_for(torch.ops.mmearth_kernels.grn_backward),
+                                    setup_context=_setup_context)
+
+if _triton.HAS_TRITON:
+    # custom_op, not triton_op: triton_op fails fake-tensor checks under the interpreter.
+
+    @torch.library.custom_op("mmearth_kernels::grn_triton", mutates_args=())
+    def grn_triton(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offsets: torch.Tensor, eps: float,
+                   batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..triton import grn as kernels
+
+        return kernels.forward(x, gamma, beta, offsets, eps, batch_stats)
+
+    @torch.library.custom_op("mmearth_kernels::grn_backward_triton", mutates_args=())
+    def grn_backward_triton(grad_out: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, gnorm: torch.Tensor,
+                            offsets: torch.Tensor, eps: float, batch_stats: bool
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from ..triton import grn as kernels
+
+        return kernels.backward(grad_out, x, gamma, gnorm, offsets, eps, batch_stats)
+
+    grn_triton.register_fake(_fake_forward)
+    grn_backward_triton.register_fake(_fake_backward)
+    grn_triton.register_autograd(_autograd_for(grn_backward_triton), setup_context=_setup_context)
 
 
 def _offsets_for(x2: torch.Tensor, groups, dense_batch: int | None) -> torch.Tensor:
@@ -79,7 +108,7 @@ def grn(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
         offsets: a :class:`SparseLayout` or ``[B + 1]`` int32 row offsets for packed input.
         eps: added to the channel mean of G.
         stats: ``"per_sample"`` or ``"batch"``.
-        impl: ``"auto"``, ``"ref"``, ``"cpu"``, ``"cuda"``.
+        impl: ``"auto"``, ``"ref"``, ``"cpu"``, ``"cuda"``, ``"triton"``.
     """
     _impl.check_tensor(x, "x")
     if stats not in STATS:
@@ -108,6 +137,8 @@ def grn(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
     batch_stats = stats == "batch"
     if impl == "ref":
         y = grn_ref(x2, g, b, off, eps, batch_stats)
+    elif impl == "triton":
+        y, _ = torch.ops.mmearth_kernels.grn_triton(x2, g, b, off, float(eps), batch_stats)
     else:
         y, _ = torch.ops.mmearth_kernels.grn(x2, g, b, off, float(eps), batch_stats)
     return y.view(x.shape)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
+from .. import triton as _triton
 from ..layout import SparseLayout, _check_rows
 from ..reference import sparse_dwconv2d_ref
 from . import _impl
@@ -23,6 +24,27 @@ def _fake_checks(x, weight):
     torch._check(weight.dim() == 4 and weight.shape[0] == x.shape[1], lambda: "weight must be [C, 1, K, K]")
 
 
+def _fake_backward(grad_out, x, weight, row_pos, inv_map):
+    _fake_checks(x, weight)
+    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, row_pos, inv_map = inputs
+    ctx.save_for_backward(x, weight, row_pos, inv_map)
+    ctx.has_bias = bias is not None
+
+
+def _autograd_for(backward_op):
+    def backward(ctx, grad):
+        x, weight, row_pos, inv_map = ctx.saved_tensors
+        # opcheck and autograd may hand us non-contiguous (even zero-stride) gradients.
+        dx, dw, db = backward_op(grad.contiguous(), x, weight, row_pos, inv_map)
+        return dx, dw, (db if ctx.has_bias else None), None, None
+
+    return backward
+
+
 if _extension.LOADED:
 
     @torch.library.register_fake("mmearth_kernels::sparse_dwconv2d")
@@ -30,24 +52,37 @@ if _extension.LOADED:
         _fake_checks(x, weight)
         return torch.empty_like(x)
 
-    @torch.library.register_fake("mmearth_kernels::sparse_dwconv2d_backward")
-    def _sparse_dwconv2d_backward_fake(grad_out, x, weight, row_pos, inv_map):
+    torch.library.register_fake("mmearth_kernels::sparse_dwconv2d_backward")(_fake_backward)
+    torch.library.register_autograd("mmearth_kernels::sparse_dwconv2d",
+                                    _autograd_for(torch.ops.mmearth_kernels.sparse_dwconv2d_backward),
+                                    setup_context=_setup_context)
+
+if _triton.HAS_TRITON:
+    # custom_op, not triton_op: triton_op fails fake-tensor checks under the interpreter.
+
+    @torch.library.custom_op("mmearth_kernels::sparse_dwconv2d_triton", mutates_args=())
+    def sparse_dwconv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                               row_pos: torch.Tensor, inv_map: torch.Tensor) -> torch.Tensor:
+        from ..triton import sparse_dwconv as kernels
+
+        return kernels.forward(x, weight, bias, row_pos, inv_map)
+
+    @sparse_dwconv2d_triton.register_fake
+    def _sparse_dwconv2d_triton_fake(x, weight, bias, row_pos, inv_map):
         _fake_checks(x, weight)
-        return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+        return torch.empty_like(x)
 
-    def _setup_context(ctx, inputs, output):
-        x, weight, bias, row_pos, inv_map = inputs
-        ctx.save_for_backward(x, weight, row_pos, inv_map)
-        ctx.has_bias = bias is not None
+    @torch.library.custom_op("mmearth_kernels::sparse_dwconv2d_backward_triton", mutates_args=())
+    def sparse_dwconv2d_backward_triton(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                                        row_pos: torch.Tensor, inv_map: torch.Tensor
+                                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from ..triton import sparse_dwconv as kernels
 
-    def _backward(ctx, grad):
-        x, weight, row_pos, inv_map = ctx.saved_tensors
-        # opcheck and autograd may hand us non-contiguous (even zero-stride) gradients.
-        dx, dw, db = torch.ops.mmearth_kernels.sparse_dwconv2d_backward(grad.contiguous(), x, weight, row_pos,
-                                                                        inv_map)
-        return dx, dw, (db if ctx.has_bias else None), None, None
+        return kernels.backward(grad_out, x, weight, row_pos, inv_map)
 
-    torch.library.register_autograd("mmearth_kernels::sparse_dwconv2d", _backward, setup_context=_setup_context)
+    sparse_dwconv2d_backward_triton.register_fake(_fake_backward)
+    sparse_dwconv2d_triton.register_autograd(_autograd_for(sparse_dwconv2d_backward_triton),
+                                             setup_context=_setup_context)
 
 
 def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout,
@@ -59,7 +94,7 @@ def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         weight: ``[C, 1, K, K]``, the ``nn.Conv2d(C, C, K, groups=C)`` layout; K odd (3..15).
         bias: ``[C]`` or None.
         layout: the :class:`SparseLayout` of x's stage.
-        impl: ``"auto"``, ``"ref"``, ``"cpu"``, ``"cuda"`` (see ``mmearth_kernels.ops._impl``).
+        impl: ``"auto"``, ``"ref"``, ``"cpu"``, ``"cuda"``, ``"triton"`` (see ``mmearth_kernels.ops._impl``).
     Returns:
         ``[N, C]`` in x's dtype.
     """
@@ -79,4 +114,6 @@ def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     impl = _impl.resolve(OP, impl, x.device)
     if impl == "ref":
         return sparse_dwconv2d_ref(x, weight, bias, layout)
+    if impl == "triton":
+        return torch.ops.mmearth_kernels.sparse_dwconv2d_triton(x, weight, bias, layout.row_pos, layout.inv_map)
     return torch.ops.mmearth_kernels.sparse_dwconv2d(x, weight, bias, layout.row_pos, layout.inv_map)

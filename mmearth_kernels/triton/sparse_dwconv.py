@@ -1,0 +1,163 @@
+"""Triton kernels for the sparse (submanifold) masked depthwise conv on the packed layout.
+
+* ``_gather_kernel``: output-stationary. A program owns BLOCK_R active rows x BLOCK_C channels and
+  accumulates all K*K taps in fp32 (fp64 for fp64); inactive or out-of-image neighbours read as
+  zero through the load mask; no atomics. With the flipped kernel it is also the input gradient.
+* ``_wgrad_kernel``: weight/bias gradient partials. A program owns one part of the rows and a
+  channel block; it decodes a row block once, loads grad_out once, and for every tap adds
+  ``sum_rows dy * x[neighbour]`` into its own slot of ``dw_part[part, tap, C]`` (no other program
+  writes there: deterministic, no atomics). The host sums the parts in a fixed order.
+
+Host launchers only; the torch.library registration lives in ``mmearth_kernels/ops``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import acc_dtype, autotune_configs
+
+# Short lists on purpose: every config is a compile of a 49-tap unrolled kernel, and the GPU check
+# must fit in 8 minutes. Widen them when tuning (benchmarks/gpu_check.sh shows what wins).
+_FWD_CONFIGS = autotune_configs([
+    triton.Config({"BLOCK_R": 32, "BLOCK_C": 64}, num_warps=4),
+    triton.Config({"BLOCK_R": 16, "BLOCK_C": 128}, num_warps=4),
+    triton.Config({"BLOCK_R": 64, "BLOCK_C": 32}, num_warps=4),
+])
+_WGRAD_CONFIGS = autotune_configs([
+    triton.Config({"BLOCK_R": 32, "BLOCK_C": 64}, num_warps=4),
+    triton.Config({"BLOCK_R": 64, "BLOCK_C": 32}, num_warps=4),
+])
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["C", "K", "HAS_BIAS", "H"])
+@triton.jit
+def _gather_kernel(x_ptr, w_ptr, b_ptr, row_pos_ptr, inv_map_ptr, y_ptr, N, C, H, W,
+                   K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """y[p, c] = bias[c] + sum_t w[t, c] * x[q_t(p), c]   over the active neighbours q_t(p) of row p."""
+    pid_r = tl.program_id(0).to(tl.int64)
+    pid_c = tl.program_id(1).to(tl.int64)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    rmask = rows < N
+    cmask = cols < C
+    pos = tl.load(row_pos_ptr + rows, mask=rmask, other=0).to(tl.int64)
+    hw = H * W
+    b = pos // hw
+    rem = pos - b * hw
+    h = rem // W
+    w = rem - h * W
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=ACC)
+    for t in tl.static_range(K * K):
+        hh = h + (t // K - K // 2)
+        ww = w + (t % K - K // 2)
+        inside = rmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        q = tl.load(inv_map_ptr + (b * H + hh) * W + ww, mask=inside, other=-1).to(tl.int64)
+        xv = tl.load(x_ptr + q[:, None] * C + cols[None, :], mask=(q >= 0)[:, None] & cmask[None, :], other=0.0)
+        wv = tl.load(w_ptr + t * C + cols, mask=cmask, other=0.0)
+        acc += xv.to(ACC) * wv[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
+    tl.store(y_ptr + rows[:, None] * C + cols[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.autotune(configs=_WGRAD_CONFIGS, key=["C", "K", "H"], reset_to_zero=["dw_part_ptr", "db_part_ptr"])
+@triton.jit
+def _wgrad_kernel(dy_ptr, x_ptr, row_pos_ptr, inv_map_ptr, dw_part_ptr, db_part_ptr, N, C, H, W, PARTS,
+                  K: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dw_part[part, t, c] = sum over rows p of the part of dy[p, c] * x[q_t(p), c]; db_part[part, c] = sum dy."""
+    part = tl.program_id(0).to(tl.int64)
+    pid_c = tl.program_id(1).to(tl.int64)
+    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    lo = (N * part) // PARTS
+    hi = (N * (part + 1)) // PARTS
+    hw = H * W
+    db = tl.zeros((BLOCK_C,), dtype=ACC)
+    for r0 in range(lo, hi, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        rmask = rows < hi
+        pos = tl.load(row_pos_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        b = pos // hw
+        rem = pos - b * hw
+        h = rem // W
+        w = rem - h * W
+        dy = tl.load(dy_ptr + rows[:, None] * C + cols[None, :], mask=rmask[:, None] & cmask[None, :],
+                     other=0.0).to(ACC)
+        db += tl.sum(dy, axis=0)
+        for t in tl.static_range(K * K):
+            hh = h + (t // K - K // 2)
+            ww = w + (t % K - K // 2)
+            inside = rmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+            q = tl.load(inv_map_ptr + (b * H + hh) * W + ww, mask=inside, other=-1).to(tl.int64)
+            xv = tl.load(x_ptr + q[:, None] * C + cols[None, :], mask=(q >= 0)[:, None] & cmask[None, :],
+                         other=0.0).to(ACC)
+            slot = dw_part_ptr + (part * K * K + t) * C + cols
+            tl.store(slot, tl.load(slot, mask=cmask, other=0.0) + tl.sum(dy * xv, axis=0), mask=cmask)
+    tl.store(db_part_ptr + part * C + cols, db, mask=cmask)
+
+
+def _taps_major(weight: torch.Tensor) -> torch.Tensor:
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    return weight.reshape(weight.shape[0], -1).t().to(acc).contiguous()  # [K*K, C]
+
+
+def _check(x, weight, row_pos, inv_map):
+    assert x.is_contiguous() and weight.is_contiguous(), "x and weight must be contiguous"
+    assert row_pos.dtype == inv_map.dtype == torch.int32, "row_pos and inv_map must be int32"
+    assert x.shape[0] == row_pos.shape[0], "x rows must match the layout"
+
+
+def forward(x, weight, bias, row_pos, inv_map) -> torch.Tensor:
+    _check(x, weight, row_pos, inv_map)
+    N, C = x.shape
+    K = weight.shape[-1]
+    y = torch.empty_like(x)
+    if N == 0 or C == 0:
+        return y
+    w = _taps_major(weight)
+    b = bias.to(w.dtype).contiguous() if bias is not None else w  # dummy pointer when HAS_BIAS is False
+    _, H, W = inv_map.shape
+
+    def grid(meta):
+        return (triton.cdiv(N, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+
+    _gather_kernel[grid](x, w, b, row_pos, inv_map, y, N, C, H, W, K=K, HAS_BIAS=bias is not None,
+                         ACC=acc_dtype(x.dtype))
+    return y
+
+
+def backward(grad_out, x, weight, row_pos, inv_map):
+    _check(x, weight, row_pos, inv_map)
+    grad_out = grad_out.contiguous()
+    N, C = x.shape
+    K = weight.shape[-1]
+    KK = K * K
+    dx = torch.empty_like(x)
+    if N == 0 or C == 0:
+        return dx, torch.zeros_like(weight), weight.new_zeros(C)
+    w = _taps_major(weight)
+    # Flipped taps: dx[q] = sum_t w[t] dy[q - o_t] = sum_t w[KK-1-t] dy[q + o_t].
+    w_flip = w.flip(0).contiguous()
+    _, H, W = inv_map.shape
+    ACC = acc_dtype(x.dtype)
+
+    def grid(meta):
+        return (triton.cdiv(N, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
+
+    _gather_kernel[grid](grad_out, w_flip, w_flip, row_pos, inv_map, dx, N, C, H, W, K=K, HAS_BIAS=False, ACC=ACC)
+    # Parts depend only on N (same rule as the C++ kernels): deterministic partial sums.
+    parts = min(max(1, -(-N // 64)), 256)
+    dw_part = torch.zeros(parts, KK, C, dtype=w.dtype, device=x.device)
+    db_part = torch.zeros(parts, C, dtype=w.dtype, device=x.device)
+
+    def wgrid(meta):
+        return (parts, triton.cdiv(C, meta["BLOCK_C"]))
+
+    _wgrad_kernel[wgrid](grad_out, x, row_pos, inv_map, dw_part, db_part, N, C, H, W, parts, K=K, ACC=ACC)
+    dw = dw_part.sum(0).t().reshape(C, 1, K, K).to(weight.dtype).contiguous()
+    return dx, dw, db_part.sum(0).to(weight.dtype)
