@@ -1,13 +1,19 @@
 // Sparse (submanifold) masked depthwise conv2d on packed rows: CUDA kernels (twin of
 // csrc/cpu/sparse_dwconv.cpp: same checks, same order).
 //
-// Output-stationary: one thread per (active row, channel) computes all taps; inactive neighbours
-// read as zero; no atomics. The input gradient is the same gather with the flipped kernel. The
-// weight gradient is per-part partials [parts, K*K, C] followed by a fixed-order reduction.
+// Output-stationary: one thread per (active row, VEC channels) computes all taps with 16-byte loads
+// along channels (VEC = 16 / sizeof(T) when C and the pointers allow it, else 1); inactive
+// neighbours read as zero; no atomics. The input gradient is the same gather with the flipped
+// kernel. The weight gradient is per-part partials [parts, K*K, C], one thread per channel with the
+// K*K accumulators in registers (K = 3, 5, 7 compiled; other odd K take a generic kernel), followed
+// by a fixed-order reduction.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <cstdint>
+#include <initializer_list>
 
 #include "../checks.h"
 #include "../sparse_index.h"
@@ -17,24 +23,97 @@ namespace mmearth_kernels {
 namespace cuda {
 namespace {
 
-template <typename T, typename A>
+// VEC values of T moved as one 16-byte (or smaller) access.
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+template <typename T, typename A, int VEC>
 __global__ void dwconv_gather_kernel(const T* __restrict__ x, const A* __restrict__ w, const A* __restrict__ bias,
                                      const int32_t* __restrict__ row_pos, const int32_t* __restrict__ inv_map,
                                      int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, T* __restrict__ y) {
-  const int64_t total = N * C;
+  const int64_t CV = C / VEC;  // the host guarantees C % VEC == 0
+  const int64_t total = N * CV;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t p = i / C, c = i - p * C;
+    const int64_t p = i / CV, c0 = (i - p * CV) * VEC;
     const index::Site s = index::decode(row_pos[p], H, W);
-    A acc = bias ? bias[c] : A(0);
+    A acc[VEC];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) acc[j] = bias ? bias[c0 + j] : A(0);
     for (int64_t t = 0; t < K * K; ++t) {
       const int32_t q = index::neighbour_row(inv_map, s, H, W, index::tap_dh(t, K), index::tap_dw(t, K));
-      if (q >= 0) acc += w[t * C + c] * static_cast<A>(x[int64_t(q) * C + c]);
+      if (q < 0) continue;
+      const Pack<T, VEC> xv = *reinterpret_cast<const Pack<T, VEC>*>(x + int64_t(q) * C + c0);
+      const A* wt = w + t * C + c0;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) acc[j] += wt[j] * static_cast<A>(xv.v[j]);
     }
-    y[i] = static_cast<T>(acc);
+    Pack<T, VEC> out;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) out.v[j] = static_cast<T>(acc[j]);
+    *reinterpret_cast<Pack<T, VEC>*>(y + p * C + c0) = out;
   }
 }
 
-// Partials of dw[t, c] = sum_p dy[p, c] * x[p + o_t, c] and db[c] = sum_p dy[p, c] over one part of the rows.
+// Channels per thread for 16-byte accesses, or 1 when C or a pointer does not allow it.
+template <typename T>
+int vec_width(int64_t C, std::initializer_list<const void*> ptrs) {
+  constexpr int V = static_cast<int>(16 / sizeof(T));
+  if (C % V != 0) return 1;
+  for (const void* ptr : ptrs) {
+    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return 1;
+  }
+  return V;
+}
+
+template <typename T, typename A>
+void launch_gather(const T* x, const A* w, const A* bias, const int32_t* row_pos, const int32_t* inv_map, int64_t N,
+                   int64_t H, int64_t W, int64_t K, int64_t C, T* y, cudaStream_t stream) {
+  constexpr int V = static_cast<int>(16 / sizeof(T));
+  if (vec_width<T>(C, {x, y}) == V) {
+    dwconv_gather_kernel<T, A, V><<<blocks_for(N * (C / V)), kThreads, 0, stream>>>(x, w, bias, row_pos, inv_map, N,
+                                                                                   H, W, K, C, y);
+  } else {
+    dwconv_gather_kernel<T, A, 1><<<blocks_for(N * C), kThreads, 0, stream>>>(x, w, bias, row_pos, inv_map, N, H, W,
+                                                                             K, C, y);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Weight/bias-gradient partials with K known at compile time: each thread owns one channel of one
+// part, decodes each row once and keeps the K*K sums in registers (loads coalesced across channels).
+template <typename T, typename A, int K>
+__global__ void dwconv_wgrad_partial_kernel_k(const T* __restrict__ dy, const T* __restrict__ x,
+                                              const int32_t* __restrict__ row_pos,
+                                              const int32_t* __restrict__ inv_map, int64_t N, int64_t H, int64_t W,
+                                              int64_t C, int64_t parts, A* __restrict__ dw_part,
+                                              A* __restrict__ db_part) {
+  const int64_t part = blockIdx.x;
+  const int64_t c = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  int64_t lo, hi;
+  index::split_range(0, N, part, parts, &lo, &hi);
+  A acc[K * K];
+#pragma unroll
+  for (int t = 0; t < K * K; ++t) acc[t] = A(0);
+  A db = 0;
+  for (int64_t p = lo; p < hi; ++p) {
+    const index::Site s = index::decode(row_pos[p], H, W);
+    const A g = static_cast<A>(dy[p * C + c]);
+    db += g;
+#pragma unroll
+    for (int t = 0; t < K * K; ++t) {
+      const int32_t q = index::neighbour_row(inv_map, s, H, W, index::tap_dh(t, K), index::tap_dw(t, K));
+      if (q >= 0) acc[t] += g * static_cast<A>(x[int64_t(q) * C + c]);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < K * K; ++t) dw_part[(part * K * K + t) * C + c] = acc[t];
+  db_part[part * C + c] = db;
+}
+
+// Generic-K partials of dw[t, c] = sum_p dy[p, c] * x[p + o_t, c] and db[c] = sum_p dy[p, c] over one part.
 template <typename T, typename A>
 __global__ void dwconv_wgrad_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                             const int32_t* __restrict__ row_pos, const int32_t* __restrict__ inv_map,
@@ -89,11 +168,9 @@ at::Tensor sparse_dwconv2d_cuda(const at::Tensor& x, const at::Tensor& weight, c
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_cuda", [&] {
     using A = acc_t<scalar_t>;
-    dwconv_gather_kernel<scalar_t, A><<<blocks_for(N * C), kThreads, 0, stream>>>(
-        x.data_ptr<scalar_t>(), w.data_ptr<A>(), b.defined() ? b.data_ptr<A>() : nullptr,
-        row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), N, inv_map.size(1), inv_map.size(2), K, C,
-        y.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_gather<scalar_t, A>(x.data_ptr<scalar_t>(), w.data_ptr<A>(), b.defined() ? b.data_ptr<A>() : nullptr,
+                               row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), N, inv_map.size(1),
+                               inv_map.size(2), K, C, y.data_ptr<scalar_t>(), stream);
   });
   return y;
 }
@@ -128,14 +205,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cuda(con
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_backward_cuda", [&] {
     using A = acc_t<scalar_t>;
     const int64_t H = inv_map.size(1), W = inv_map.size(2);
-    dwconv_gather_kernel<scalar_t, A><<<blocks_for(N * C), kThreads, 0, stream>>>(
-        grad_out.data_ptr<scalar_t>(), w_flip.data_ptr<A>(), nullptr, row_pos.data_ptr<int32_t>(),
-        inv_map.data_ptr<int32_t>(), N, H, W, K, C, dx.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_gather<scalar_t, A>(grad_out.data_ptr<scalar_t>(), w_flip.data_ptr<A>(), nullptr,
+                               row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), N, H, W, K, C,
+                               dx.data_ptr<scalar_t>(), stream);
     const dim3 grid(static_cast<unsigned int>(parts), static_cast<unsigned int>((C + kThreads - 1) / kThreads));
-    dwconv_wgrad_partial_kernel<scalar_t, A><<<grid, kThreads, 0, stream>>>(
-        grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), row_pos.data_ptr<int32_t>(),
-        inv_map.data_ptr<int32_t>(), N, H, W, K, C, parts, dw_part.data_ptr<A>(), db_part.data_ptr<A>());
+    const scalar_t* gp = grad_out.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const int32_t* rp = row_pos.data_ptr<int32_t>();
+    const int32_t* ip = inv_map.data_ptr<int32_t>();
+    A* dwp = dw_part.data_ptr<A>();
+    A* dbp = db_part.data_ptr<A>();
+    switch (K) {
+      case 3:
+        dwconv_wgrad_partial_kernel_k<scalar_t, A, 3><<<grid, kThreads, 0, stream>>>(gp, xp, rp, ip, N, H, W, C,
+                                                                                      parts, dwp, dbp);
+        break;
+      case 5:
+        dwconv_wgrad_partial_kernel_k<scalar_t, A, 5><<<grid, kThreads, 0, stream>>>(gp, xp, rp, ip, N, H, W, C,
+                                                                                      parts, dwp, dbp);
+        break;
+      case 7:
+        dwconv_wgrad_partial_kernel_k<scalar_t, A, 7><<<grid, kThreads, 0, stream>>>(gp, xp, rp, ip, N, H, W, C,
+                                                                                      parts, dwp, dbp);
+        break;
+      default:
+        dwconv_wgrad_partial_kernel<scalar_t, A><<<grid, kThreads, 0, stream>>>(gp, xp, rp, ip, N, H, W, K, C, parts,
+                                                                                dwp, dbp);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     sum_parts_kernel<A><<<blocks_for(KK * C), kThreads, 0, stream>>>(dw_part.data_ptr<A>(), parts, KK * C,
                                                                      dw.data_ptr<A>());
