@@ -10,6 +10,7 @@ import json
 from collections import defaultdict
 
 BASELINE = {"sparse_dwconv2d": "dense", "grn": "eager"}
+LOADER = []  # (source, samples/s, tiles) from bench_loader.py
 KERNEL_IMPLS = ("cpu", "cuda", "triton")
 
 
@@ -26,6 +27,10 @@ def load(paths):
             if not b.get("stats"):  # --benchmark-disable runs record no timings
                 continue
             e = b["extra_info"]
+            if e.get("kind") == "loader":
+                LOADER.append((e["source"], e["samples"] / b["stats"]["median"], e["tiles"]))
+                first = first or b
+                continue
             key = (e["op"], e["device"], e["dtype"], e["model"], e["res"], e["C"], e["mode"])
             rows[key][e["impl"]] = (b["stats"]["median"], e["bytes"])
             first = first or b
@@ -78,6 +83,10 @@ def main():
         t = table(rows, op, args.copy_gbs)
         if t:
             print(f"### {op}\n\n{t}\n")
+    if LOADER:
+        print("### loader (one worker, one torch thread)\n\n| source | samples/s |\n|---|---|")
+        for source, rate, _ in LOADER:
+            print(f"| {source} | {rate:.0f} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""MMEarth MP-MAE training: data (``train.data``) and, later, the trainer."""

@@ -1,0 +1,283 @@
+"""Reader for MMEarth HDF5 directories (``<stem>.h5`` + band-stats, splits and tile-info JSON).
+
+No-data policy (README, "MMEarth data"): no-data becomes NaN in continuous targets, with a
+``<name>_valid`` mask; class targets use -1 (ignored by the losses); the encoder input never holds
+NaN or inf (no-data -> 0, the normalised mean); ESA tree cover survives (no-data is decided on the
+stored code, before remapping); input and target never share storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import torch
+
+from .modalities import CLASS_COUNTS, MODALITIES, PIXEL_TASKS, dw_lookup, esa_lookup, used_channels
+
+ALL_TASKS = tuple(MODALITIES)
+
+
+class DataError(ValueError):
+    """A problem with an MMEarth file: the message names the file and the modality."""
+
+
+def _load_json(path: str, what: str):
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: {what} file is missing")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"{path}: cannot read {what} ({e})") from e
+
+
+def stats_arrays(stats: dict, path: str, names) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(mean, std) per continuous modality, channel-selected; S2 gets 'l1c' and 'l2a' entries."""
+    out = {}
+    for name in names:
+        m = MODALITIES[name]
+        if m.kind != "continuous":
+            continue
+        keys = ["sentinel2_l1c", "sentinel2_l2a"] if name == "sentinel2" else [m.stats_key]
+        for key in keys:
+            entry = stats.get(key)
+            if not isinstance(entry, dict) or "mean" not in entry or "std" not in entry:
+                raise DataError(f"{path}: band statistics have no 'mean'/'std' for key {key!r} (modality {name})")
+            mean, std = np.asarray(entry["mean"], np.float32), np.asarray(entry["std"], np.float32)
+            if mean.shape != (m.channels,) or std.shape != (m.channels,):
+                raise DataError(f"{path}: statistics {key!r} must have {m.channels} values (modality {name}), "
+                                f"got {mean.shape[0]} means and {std.shape[0]} stds")
+            ch = list(used_channels(name))
+            out[key] = (mean[ch], np.where(std[ch] > 0, std[ch], 1.0).astype(np.float32))
+    return out
+
+
+def normalize_batch(raw: dict[str, torch.Tensor], l2a: torch.Tensor, stats: dict, inputs, targets) -> dict:
+    """Raw stored values (a batch, any device) -> training tensors, by the no-data policy.
+
+    ``raw[name]`` is ``[B, C, H, W]`` or ``[B, C]`` in the stored dtype with the used channels;
+    ``l2a`` ``[B]`` bool picks the S2 statistics per tile. Returns ``input`` ``[B, C_in, H, W]``
+    (NaN-free), each target (float with NaN, or int64 with -1), and ``<name>_valid`` masks.
+    """
+    dev = l2a.device
+    out = {}
+    dense = {}
+    for name in set(inputs) | set(targets):
+        m = MODALITIES[name]
+        x = raw[name]
+        if m.kind == "continuous":
+            v = x.to(torch.float32)
+            bad = ~torch.isfinite(v)
+            for nd in m.no_data:
+                bad |= x == nd
+            if name == "sentinel2":
+                l1m, l1s = (torch.as_tensor(a, device=dev) for a in stats["sentinel2_l1c"])
+                l2m, l2s = (torch.as_tensor(a, device=dev) for a in stats["sentinel2_l2a"])
+                shape = (-1, l1m.shape[0]) + (1,) * (v.dim() - 2)
+                sel = l2a.view(-1, *([1] * (v.dim() - 1)))
+                mean = torch.where(sel, l2m.view(shape), l1m.view(shape))
+                std = torch.where(sel, l2s.view(shape), l1s.view(shape))
+            else:
+                mean, std = (torch.as_tensor(a, device=dev) for a in stats[m.stats_key])
+                shape = (1, -1) + (1,) * (v.dim() - 2)
+                mean, std = mean.view(shape), std.view(shape)
+            v = ((v - mean) / std).masked_fill(bad, float("nan"))
+            dense[name] = v
+            if name in targets:
+                out[name] = v
+                out[name + "_valid"] = ~bad
+        elif m.kind == "classes":
+            lut = torch.as_tensor(dw_lookup() if name == "dynamic_world" else esa_lookup(), device=dev)
+            out[name] = lut[x[:, 0].long()]  # [B, H, W] int64, -1 = no data
+        else:  # one-hot -> class index; an all-zero or no-data row -> -1
+            xi = x.long()
+            idx = xi.argmax(dim=1)
+            valid = (xi.max(dim=1).values == 1) & ~(xi == m.no_data[0]).any(dim=1)
+            out[name] = torch.where(valid, idx, torch.full_like(idx, -1))
+    # The encoder input: its own tensor (never a view of a target), no NaN/inf.
+    if inputs:
+        out["input"] = torch.cat([torch.nan_to_num(dense[n], nan=0.0, posinf=0.0, neginf=0.0) for n in inputs], dim=1)
+    return out
+
+
+class MMEarthDataset(torch.utils.data.Dataset):
+    """One split of an MMEarth directory, as dicts of tensors.
+
+    Args:
+        stem: path of the files without extension (``.../data_1M_v001_64/data_1M_v001_64``), or the ``.h5``.
+        split: ``"train"``, ``"val"`` or ``"test"`` (rows listed in ``<stem>_splits.json``).
+        inputs: pixel modalities concatenated into the encoder input (default Sentinel-2, 12 bands).
+        targets: modalities returned as targets (default: all 12 tasks).
+        crop: side of the random crop (64 -> 56, 128 -> 112), one offset per sample for every pixel
+            modality; None keeps the full tile.
+        seed: crop offsets are a function of (seed, epoch, row): deterministic; see ``set_epoch``.
+        cache: a directory made by ``python -m train.data.cache`` (uncompressed, memory-mapped).
+        normalize: False returns raw stored values (``raw_<name>``, ``l2a``) so that
+            :func:`normalize_batch` can run on the GPU after the transfer.
+    Each sample holds ``input``, every target (and ``<name>_valid`` for continuous ones), ``index``.
+    """
+
+    def __init__(self, stem: str, split: str = "train", inputs=("sentinel2",), targets=ALL_TASKS,
+                 crop: int | None = None, seed: int = 0, cache: str | None = None, normalize: bool = True):
+        self.stem = stem[:-3] if stem.endswith(".h5") else stem
+        self.path = self.stem + ".h5"
+        self.inputs, self.targets = tuple(inputs), tuple(targets)
+        for name in self.inputs + self.targets:
+            if name not in MODALITIES:
+                raise ValueError(f"unknown modality {name!r}; known: {', '.join(MODALITIES)}")
+        for name in self.inputs:
+            if MODALITIES[name].level != "pixel" or MODALITIES[name].kind != "continuous":
+                raise ValueError(f"input modality {name!r} must be a continuous pixel modality")
+        self.names = tuple(dict.fromkeys(self.inputs + self.targets))
+        self.normalize, self.seed, self.epoch = normalize, seed, 0
+        if not os.path.isfile(self.path):
+            raise DataError(f"{self.path}: HDF5 file is missing")
+        self.n, self.size = self._validate_h5()
+        if crop is not None and not 0 < crop <= self.size:
+            raise ValueError(f"crop must be in (0, {self.size}] for {self.size} px tiles, got {crop}")
+        self.crop = crop
+        self.stats = stats_arrays(_load_json(self.stem + "_band_stats.json", "band statistics"),
+                                  self.stem + "_band_stats.json", self.names)
+        self.tile_info = _load_json(self.stem + "_tile_info.json", "tile info")
+        splits = _load_json(self.stem + "_splits.json", "splits")
+        if split not in splits:
+            raise DataError(f"{self.stem}_splits.json: no split {split!r} (has {', '.join(splits)})")
+        rows = np.asarray(splits[split], dtype=np.int64)
+        bad = rows[(rows < 0) | (rows >= self.n)]
+        if bad.size:
+            raise DataError(f"{self.stem}_splits.json: split {split!r} lists row {int(bad[0])}, but {self.path} has "
+                            f"{self.n} rows")
+        self.rows = rows
+        self._h5, self._pid = None, None
+        self.cache = None
+        if cache is not None:
+            from .cache import open_cache
+
+            self.cache = open_cache(cache, self.path, self.names)
+
+    # -- file access -------------------------------------------------------------------------
+    def _validate_h5(self):
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise DataError(f"{self.path}: cannot open as HDF5 (truncated or not an MMEarth file): {e}") from e
+        with f:
+            n = size = None
+            for name in self.names + ("metadata",):
+                if name not in f:
+                    raise DataError(f"{self.path}: modality {name!r} is missing (datasets: {', '.join(f.keys())})")
+                d = f[name]
+                if name == "metadata":
+                    if d.shape != (n,) or "tile_id" not in (d.dtype.names or ()):
+                        raise DataError(f"{self.path}: metadata must be ({n},) records with a tile_id, got "
+                                        f"{d.shape} {d.dtype}")
+                    continue
+                m = MODALITIES[name]
+                ndim = 4 if m.level == "pixel" else 2
+                if d.ndim != ndim or d.shape[1] != m.channels or (ndim == 4 and d.shape[2] != d.shape[3]):
+                    want = "(N, C, H, H)" if ndim == 4 else "(N, C)"
+                    raise DataError(f"{self.path}: modality {name!r} must have shape {want} with C = {m.channels}, "
+                                    f"got {d.shape}")
+                if d.dtype != m.dtype:
+                    raise DataError(f"{self.path}: modality {name!r} must be stored as {m.dtype}, got {d.dtype}")
+                if n is None:
+                    n = d.shape[0]
+                elif d.shape[0] != n:
+                    raise DataError(f"{self.path}: modality {name!r} has {d.shape[0]} rows, others have {n}")
+                if ndim == 4:
+                    if size is None:
+                        size = d.shape[2]
+                    elif d.shape[2] != size:
+                        raise DataError(f"{self.path}: modality {name!r} is {d.shape[2]} px, others {size} px")
+        return n, size
+
+    def _file(self):
+        # One handle per process, opened lazily: h5py handles must not cross a fork (DataLoader workers).
+        if self._h5 is None or self._pid != os.getpid():
+            self._h5, self._pid = h5py.File(self.path, "r"), os.getpid()
+        return self._h5
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_h5"], state["_pid"] = None, None
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        """New crop offsets per epoch (still a function of seed, epoch and row)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    # -- reading -----------------------------------------------------------------------------
+    def read_raw(self, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Stored values of these rows (used channels) and the per-row L2A flag, in the given order."""
+        order = np.argsort(rows, kind="stable")
+        uniq, inverse = np.unique(rows[order], return_inverse=True)
+        raw = {}
+        if self.cache is not None:
+            for name in self.names:
+                raw[name] = self.cache.read(name, uniq)
+            l2a = self.cache.l2a[uniq]
+        else:
+            f = self._file()
+            try:
+                for name in self.names:
+                    a = f[name][uniq.tolist()]  # one read call per modality; rows must be increasing
+                    ch = used_channels(name)
+                    raw[name] = a if len(ch) == a.shape[1] else a[:, list(ch)]
+                ids = f["metadata"]["tile_id"][uniq.tolist()] if "S2_type" not in f["metadata"].dtype.names else None
+                meta = f["metadata"][uniq.tolist()]
+            except OSError as e:
+                raise DataError(f"{self.path}: read failed for rows {uniq[:4].tolist()}... (truncated file?): {e}") \
+                    from e
+            l2a = self._l2a_flags(meta if ids is None else ids)
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        pick = inverse[back]
+        return {k: v[pick] for k, v in raw.items()}, l2a[pick]
+
+    def _l2a_flags(self, meta) -> np.ndarray:
+        flags = np.empty(len(meta), dtype=bool)
+        for i, rec in enumerate(meta):
+            tile = (rec["tile_id"] if meta.dtype.names else rec).decode()
+            info = self.tile_info.get(tile)
+            if info is None or "S2_type" not in info:
+                raise DataError(f"{self.stem}_tile_info.json: no S2_type for tile {tile!r} (modality sentinel2)")
+            flags[i] = str(info["S2_type"]).lower() == "l2a"
+        return flags
+
+    def _crop(self, raw: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+        if self.crop is None or self.crop == self.size:
+            return raw
+        span = self.size - self.crop + 1
+        offs = np.array([np.random.default_rng((self.seed, self.epoch, int(r))).integers(0, span, 2) for r in rows])
+        out = dict(raw)
+        for name in self.names:
+            if MODALITIES[name].level == "pixel":
+                a = raw[name]
+                out[name] = np.stack([a[i, :, y:y + self.crop, x:x + self.crop] for i, (y, x) in enumerate(offs)])
+        return out
+
+    def __getitems__(self, idxs) -> list[dict]:
+        """Batched fetch (DataLoader uses it): one read per modality for the whole batch."""
+        rows = self.rows[np.asarray(idxs, dtype=np.int64)]
+        raw, l2a = self.read_raw(rows)
+        raw = self._crop(raw, rows)
+        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in raw.items()}
+        l2a_t = torch.from_numpy(l2a)
+        if self.normalize:
+            batch = normalize_batch(tensors, l2a_t, self.stats, self.inputs, self.targets)
+        else:
+            batch = {f"raw_{k}": v for k, v in tensors.items()}
+            batch["l2a"] = l2a_t
+        batch["index"] = torch.from_numpy(rows)
+        return [{k: v[i] for k, v in batch.items()} for i in range(len(rows))]
+
+    def __getitem__(self, idx: int) -> dict:
+        if not -len(self) <= idx < len(self):
+            raise IndexError(f"index {idx} out of range for a split of {len(self)} rows")
+        return self.__getitems__([idx % len(self)])[0]
