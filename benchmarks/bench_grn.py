@@ -13,7 +13,7 @@ import mmearth_kernels as mk
 from mmearth_kernels.reference import grn_dense_eager
 from mmearth_kernels.testing import atto_stage_shapes, tiny_stage_shapes
 
-from conftest import DEVICES, stage_layout
+from conftest import DEVICES, stage_layout, time_mode
 
 SHAPES = [("atto", r, 4 * c) for r, c in atto_stage_shapes()] + [("tiny", r, 4 * c) for r, c in tiny_stage_shapes()]
 MODES = ["fwd", "bwd", "fwdbwd"]
@@ -64,11 +64,5 @@ def test_grn(case, timed, benchmark):
 
     g = torch.randn_like(forward())
     nc = lay.num_rows * C * x.element_size()
-    bytes_moved = {"fwd": 3 * nc, "bwd": 5 * nc, "fwdbwd": 8 * nc}[mode]
-    info = dict(op="grn", impl=impl, model=model, res=res, C=C, mode=mode, dtype=str(dtype)[6:])
-    if mode == "fwd":
-        timed(forward, dev, bytes_moved, **info)
-    elif mode == "fwdbwd":
-        timed(lambda: forward().backward(g), dev, bytes_moved, **info)
-    else:
-        timed(lambda y: y.backward(g), dev, bytes_moved, setup=lambda: (forward(),), **info)
+    time_mode(timed, mode, forward, g, dev, {"fwd": 3 * nc, "bwd": 5 * nc, "fwdbwd": 8 * nc},
+              op="grn", impl=impl, model=model, res=res, C=C, dtype=str(dtype)[6:])

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import mmearth_kernels as mk
 from mmearth_kernels.testing import atto_stage_shapes, tiny_stage_shapes
 
-from conftest import DEVICES, stage_layout
+from conftest import DEVICES, stage_layout, time_mode
 
 SHAPES = [("atto", r, c) for r, c in atto_stage_shapes()] + [("tiny", r, c) for r, c in tiny_stage_shapes()]
 MODES = ["fwd", "bwd", "fwdbwd"]
@@ -51,13 +51,6 @@ def test_sparse_dwconv(case, timed, benchmark):
             return mk.sparse_dwconv2d(x, w, b, lay, impl=impl)
 
     g = torch.randn_like(forward())
-    esize = x.element_size()
-    nc = lay.num_rows * C
-    bytes_moved = {"fwd": 2 * nc * esize, "bwd": 3 * nc * esize, "fwdbwd": 5 * nc * esize}[mode]
-    info = dict(op="sparse_dwconv2d", impl=impl, model=model, res=res, C=C, mode=mode, dtype=str(dtype)[6:])
-    if mode == "fwd":
-        timed(forward, dev, bytes_moved, **info)
-    elif mode == "fwdbwd":
-        timed(lambda: forward().backward(g), dev, bytes_moved, **info)
-    else:
-        timed(lambda y: y.backward(g), dev, bytes_moved, setup=lambda: (forward(),), **info)
+    nc = lay.num_rows * C * x.element_size()
+    time_mode(timed, mode, forward, g, dev, {"fwd": 2 * nc, "bwd": 3 * nc, "fwdbwd": 5 * nc},
+              op="sparse_dwconv2d", impl=impl, model=model, res=res, C=C, dtype=str(dtype)[6:])

@@ -71,6 +71,17 @@ def timed(benchmark):
     return run
 
 
+def time_mode(timed, mode, forward, grad, device, bytes_by_mode, **info):
+    """Time one of "fwd" (forward), "bwd" (backward only; the forward runs untimed in setup) or
+    "fwdbwd" (both), recording the ideal bytes of that mode."""
+    info.update(mode=mode)
+    if mode == "fwd":
+        return timed(forward, device, bytes_by_mode["fwd"], **info)
+    if mode == "fwdbwd":
+        return timed(lambda: forward().backward(grad), device, bytes_by_mode["fwdbwd"], **info)
+    return timed(lambda y: y.backward(grad), device, bytes_by_mode["bwd"], setup=lambda: (forward(),), **info)
+
+
 def stage_layout(res, device, batch=BATCH, seed=0):
     mask = mk.random_patch_mask(batch, 7, MASK_RATIO, generator=torch.Generator().manual_seed(seed))
     return mk.build_layout(mask.to(device), res, mk.num_kept(49, MASK_RATIO))

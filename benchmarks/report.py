@@ -11,6 +11,7 @@ from collections import defaultdict
 
 BASELINE = {"sparse_dwconv2d": "dense", "grn": "eager"}
 LOADER = []  # (source, samples/s, tiles) from bench_loader.py
+ENCODER = defaultdict(dict)  # (device, model, batch) -> backend -> median s, from bench_encoder.py
 KERNEL_IMPLS = ("cpu", "cuda", "triton")
 
 
@@ -27,6 +28,10 @@ def load(paths):
             if not b.get("stats"):  # --benchmark-disable runs record no timings
                 continue
             e = b["extra_info"]
+            if e.get("kind") == "encoder":
+                ENCODER[(e["device"], e["model"], e["batch"])][e["backend"]] = b["stats"]["median"]
+                first = first or b
+                continue
             if e.get("kind") == "loader":
                 LOADER.append((e["source"], e["samples"] / b["stats"]["median"], e["tiles"]))
                 first = first or b
@@ -83,6 +88,14 @@ def main():
         t = table(rows, op, args.copy_gbs)
         if t:
             print(f"### {op}\n\n{t}\n")
+    if ENCODER:
+        print("### encoder fwd+bwd (56/8, 61.2 % masked, fp32)\n\n| device | model | batch | dense ms | sparse ms | "
+              "sparse vs dense |\n|---|---|---|---|---|---|")
+        for (dev, model, batch), r in sorted(ENCODER.items()):
+            if "dense" in r and "sparse" in r:
+                print(f"| {dev} | {model} | {batch} | {r['dense'] * 1e3:.1f} | {r['sparse'] * 1e3:.1f} | "
+                      f"**{r['dense'] / r['sparse']:.2f}x** |")
+        print()
     if LOADER:
         print("### loader (one worker, one torch thread)\n\n| source | samples/s |\n|---|---|")
         for source, rate, _ in LOADER:

@@ -83,4 +83,31 @@ inline void check_grn(const at::Tensor& x, const at::Tensor& gamma, const at::Te
   TORCH_CHECK(eps >= 0, op, ": eps must be >= 0, got ", eps);
 }
 
+// The backward ops take the forward's inputs plus grad_out of the same shape as x.
+inline void check_grad_out(const at::Tensor& grad_out, const at::Tensor& x, const char* op) {
+  check_features(grad_out, op, "grad_out");
+  check_same(grad_out, x, op, "grad_out", "x");
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), op, ": grad_out must have the shape of x ", x.sizes(), ", got ",
+              grad_out.sizes());
+}
+
+inline void check_sparse_dwconv_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight,
+                                         const at::Tensor& row_pos, const at::Tensor& inv_map) {
+  check_sparse_dwconv(x, weight, c10::nullopt, row_pos, inv_map);
+  check_grad_out(grad_out, x, "sparse_dwconv2d_backward");
+}
+
+// gnorm [groups, C] in the accumulation type: the statistics returned by grn.
+inline void check_grn_backward(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& gamma,
+                               const at::Tensor& gnorm, const at::Tensor& offsets, double eps, bool batch_stats) {
+  check_grn(x, gamma, gamma, offsets, eps);
+  check_grad_out(grad_out, x, "grn_backward");
+  const int64_t G = batch_stats ? 1 : offsets.size(0) - 1, C = x.size(1);
+  const auto acc = acc_type_of(x.scalar_type());
+  TORCH_CHECK(gnorm.scalar_type() == acc && gnorm.dim() == 2 && gnorm.size(0) == G && gnorm.size(1) == C &&
+                  gnorm.device() == x.device(),
+              "grn_backward: gnorm must be the [", G, ", ", C, "] ", acc, " statistics returned by grn, got ",
+              gnorm.sizes(), " ", gnorm.scalar_type(), " on ", gnorm.device());
+}
+
 }  // namespace mmearth_kernels

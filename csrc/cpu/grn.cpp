@@ -210,19 +210,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(const at::Tensor
                                                                 const at::Tensor& gamma, const at::Tensor& gnorm,
                                                                 const at::Tensor& offsets, double eps,
                                                                 bool batch_stats) {
-  check_grn(x, gamma, gamma, offsets, eps);
-  check_features(grad_out, "grn_backward", "grad_out");
-  check_same(grad_out, x, "grn_backward", "grad_out", "x");
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), "grn_backward: grad_out must have the shape of x ", x.sizes(), ", got ",
-              grad_out.sizes());
+  check_grn_backward(grad_out, x, gamma, gnorm, offsets, eps, batch_stats);
   TORCH_INTERNAL_ASSERT(x.device().is_cpu());
   const int64_t N = x.size(0), C = x.size(1);
   const Parts parts = make_parts(offsets, N, batch_stats);
   const int64_t G = parts.groups(), S = parts.S;
   const auto acc = acc_type_of(x.scalar_type());
-  TORCH_CHECK(gnorm.scalar_type() == acc && gnorm.dim() == 2 && gnorm.size(0) == G && gnorm.size(1) == C,
-              "grn_backward: gnorm must be the [", G, ", ", C, "] ", acc, " statistics returned by grn, got ",
-              gnorm.sizes(), " ", gnorm.scalar_type());
   at::Tensor dx = at::empty_like(x);
   at::Tensor s1 = at::empty({parts.tasks(), C}, x.options().dtype(acc));
   at::Tensor s0 = at::empty({parts.tasks(), C}, x.options().dtype(acc));

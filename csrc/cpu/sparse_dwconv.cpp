@@ -252,11 +252,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cpu(cons
                                                                              const at::Tensor& weight,
                                                                              const at::Tensor& row_pos,
                                                                              const at::Tensor& inv_map) {
-  check_sparse_dwconv(x, weight, c10::nullopt, row_pos, inv_map);
-  check_features(grad_out, "sparse_dwconv2d_backward", "grad_out");
-  check_same(grad_out, x, "sparse_dwconv2d_backward", "grad_out", "x");
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), "sparse_dwconv2d_backward: grad_out must have the shape of x ",
-              x.sizes(), ", got ", grad_out.sizes());
+  check_sparse_dwconv_backward(grad_out, x, weight, row_pos, inv_map);
   TORCH_INTERNAL_ASSERT(x.device().is_cpu());
   const int64_t N = x.size(0), C = x.size(1), K = weight.size(2), KK = K * K;
   const at::Tensor w = taps_major(weight);

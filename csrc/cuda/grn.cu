@@ -175,19 +175,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cuda(const at::Tenso
                                                                  const at::Tensor& gamma, const at::Tensor& gnorm,
                                                                  const at::Tensor& offsets, double eps,
                                                                  bool batch_stats) {
-  check_grn(x, gamma, gamma, offsets, eps);
-  check_features(grad_out, "grn_backward", "grad_out");
-  check_same(grad_out, x, "grn_backward", "grad_out", "x");
-  TORCH_CHECK(grad_out.sizes() == x.sizes(), "grn_backward: grad_out must have the shape of x ", x.sizes(), ", got ",
-              grad_out.sizes());
+  check_grn_backward(grad_out, x, gamma, gnorm, offsets, eps, batch_stats);
   TORCH_INTERNAL_ASSERT(x.device().is_cuda());
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), G = num_groups(offsets, batch_stats);
   const int64_t S = index::parts_per_group(N, G, kRowsPerPart);
   const auto acc = acc_type_of(x.scalar_type());
-  TORCH_CHECK(gnorm.scalar_type() == acc && gnorm.dim() == 2 && gnorm.size(0) == G && gnorm.size(1) == C,
-              "grn_backward: gnorm must be the [", G, ", ", C, "] ", acc, " statistics returned by grn, got ",
-              gnorm.sizes(), " ", gnorm.scalar_type());
   const auto opts = x.options().dtype(acc);
   at::Tensor dx = at::empty_like(x);
   at::Tensor s1_part = at::empty({G * S, C}, opts), s0_part = at::empty({G * S, C}, opts);
