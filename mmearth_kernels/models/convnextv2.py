@@ -67,6 +67,13 @@ class Block(nn.Module):
         y = F.gelu(self.pwconv1(self.norm(y)))
         return self.pwconv2(grn_fn(y))
 
+    def forward(self, x: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+        """The plain dense block on ``[B, C, H, W]`` (no mask; GRN per sample over all sites): the
+        MP-MAE decoder block."""
+        y = self.dwconv(x).permute(0, 2, 3, 1)
+        y = self.mlp(y, lambda t: grn(t.contiguous(), self.grn.gamma, self.grn.beta, impl=impl))
+        return x + y.permute(0, 3, 1, 2)
+
 
 class Stem(nn.Module):
     def __init__(self, kind: str, in_chans: int, dim: int, reduction: int):

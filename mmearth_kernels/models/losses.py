@@ -1,0 +1,86 @@
+"""MP-MAE losses (MMEarth §2.4), each safe for an all-masked sample or a constant patch (no NaN).
+
+Pixel tasks are computed on masked patches only: regression as a per-patch MSE averaged over the
+masked patches with a non-zero loss (S2 with per-patch normalisation, ``norm_pix``), per-pixel
+cross-entropy for Dynamic World / ESA WorldCover (target -1 ignored). Image tasks use every sample:
+MSE with NaN targets dropped (ERA5, lat, lon, month), cross-entropy for biome / ecoregion.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def patchify(t: torch.Tensor, p: int) -> torch.Tensor:
+    """``[B, C, g*p, g*p]`` -> ``[B, g*g, p*p*C]``, ordered (row in patch, column in patch, channel)."""
+    B, C, H, W = t.shape
+    g = H // p
+    return t.reshape(B, C, g, p, g, p).permute(0, 2, 4, 3, 5, 1).reshape(B, g * g, p * p * C)
+
+
+def unpatchify(x: torch.Tensor, p: int, C: int) -> torch.Tensor:
+    """Inverse of :func:`patchify`: ``[B, g*g, p*p*C]`` -> ``[B, C, g*p, g*p]``."""
+    B, L, _ = x.shape
+    g = int(round(L ** 0.5))
+    return x.reshape(B, g, g, p, p, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, g * p, g * p)
+
+
+def _safe_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    return total / count.clamp_min(1)
+
+
+def masked_patch_mse(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool = False, nodata: str = "zero"
+                     ) -> torch.Tensor:
+    """MSE over masked patches. ``pred``, ``target`` ``[M, p*p*C]`` (the M masked patches of the batch).
+
+    ``nodata="zero"`` (as released): NaN targets become 0 and are trained on. ``"ignore"``: NaN
+    elements are left out of every mean. ``norm_pix``: each target patch is standardised by its own
+    mean and unbiased variance over all p*p*C values, ``(t - mean) / sqrt(var + 1e-6)``.
+    """
+    valid = torch.isfinite(target)
+    if nodata == "zero":
+        target, valid = torch.nan_to_num(target, nan=0.0, posinf=0.0, neginf=0.0), torch.ones_like(valid)
+    elif nodata != "ignore":
+        raise ValueError(f"nodata must be 'zero' or 'ignore', got {nodata!r}")
+    else:
+        target = torch.where(valid, target, torch.zeros_like(target))
+    v = valid.to(pred.dtype)
+    if norm_pix:
+        n = v.sum(-1, keepdim=True)
+        mean = _safe_mean((target * v).sum(-1, keepdim=True), n)
+        var = _safe_mean(((target - mean) ** 2 * v).sum(-1, keepdim=True), n - 1)  # unbiased, as torch.var
+        target = (target - mean) / (var + 1e-6).sqrt()
+    per_patch = _safe_mean(((pred - target) ** 2 * v).sum(-1), v.sum(-1))
+    # average over masked patches whose loss is non-zero (upstream counts count_nonzero(loss * mask))
+    return _safe_mean(per_patch.sum(), (per_patch != 0).sum())
+
+
+def masked_pixel_ce(logits: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
+    """Per-pixel cross-entropy on masked patches; ``logits`` ``[M, p*p*K]``, ``target`` ``[M, p*p]``, -1 ignored."""
+    logits = logits.reshape(-1, classes)
+    target = target.reshape(-1)
+    keep = target >= 0
+    loss = F.cross_entropy(logits, target.clamp_min(0), reduction="none")
+    return _safe_mean((loss * keep).sum(), keep.sum())
+
+
+def vector_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE over the non-NaN target elements (ERA5, lat, lon, month)."""
+    keep = torch.isfinite(target)
+    err = torch.where(keep, pred - torch.nan_to_num(target), torch.zeros_like(pred))
+    return _safe_mean((err ** 2).sum(), keep.sum())
+
+
+def class_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy from a class index (biome, ecoregion); -1 ignored."""
+    keep = target >= 0
+    loss = F.cross_entropy(logits, target.clamp_min(0), reduction="none")
+    return _safe_mean((loss * keep).sum(), keep.sum())
+
+
+def uncertainty_weighting(losses: torch.Tensor, log_vars: torch.Tensor) -> torch.Tensor:
+    """``sum_i exp(-s_i) L_i + s_i`` (Kendall et al. without the 1/2 factors, as released); a task whose
+    loss is exactly 0 contributes nothing."""
+    terms = torch.exp(-log_vars) * losses + log_vars
+    return torch.where(losses != 0, terms, torch.zeros_like(terms)).sum()
