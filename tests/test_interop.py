@@ -23,7 +23,7 @@ def _me_kernel(weight, depthwise=False):
     for kh in range(K):
         for kw in range(K):
             out[kh + K * kw] = weight[:, :, kh, kw].t()
-    return out
+    return out[0] if K == 1 else out  # ME keeps a kernel of volume 1 as [Cin, Cout]
 
 
 def _to_me_checkpoint(m):
@@ -61,7 +61,8 @@ def _to_me_checkpoint(m):
     return {k: v.detach().clone() for k, v in sd.items()}
 
 
-@pytest.mark.parametrize("stem, img, patch", [("mmearth", 56, 8), ("mmearth", 112, 16), ("original", 224, 32)])
+@pytest.mark.parametrize("stem, img, patch", [("mmearth", 56, 8), ("mmearth", 112, 16), ("original", 224, 32),
+                                              ("original", 56, 8)])
 def test_load_released_sparse_checkpoint(tmp_path, stem, img, patch):
     src = _model(stem=stem, img_size=img, patch_size=patch)
     path = tmp_path / "checkpoint-199.pth"

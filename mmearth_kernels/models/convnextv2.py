@@ -6,6 +6,7 @@
 * ``backend="sparse"``: the packed layout end to end (stem to the 7x7 output) with this library's
   ops: submanifold 3x3 stem conv and strided convs as gathers + GEMM, ``sparse_dwconv2d`` and
   ``grn`` kernels; densified into an explicitly shaped ``[B, C, g, g]``.
+* ``backend="minkowski"``: the upstream engine (optional; :mod:`.minkowski`).
 
 Both read the same parameters (``state_dict`` keys do not depend on the backend), so a model can
 be switched at runtime: ``model.backend = "dense"``.
@@ -36,7 +37,7 @@ SIZES = {
     "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
     "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816)),
 }
-BACKENDS = ("dense", "sparse")
+BACKENDS = ("dense", "sparse", "minkowski")
 STEMS = ("mmearth", "original")
 GRN_STATS = ("per_sample", "batch")
 LN_EPS = 1e-6
@@ -180,6 +181,10 @@ class ConvNeXtV2Encoder(nn.Module):
         mask = mask.bool()
         if self.backend == "dense":
             return self._forward_dense(x, mask)
+        if self.backend == "minkowski":
+            from . import minkowski
+
+            return minkowski.forward(self, x, mask, kept)
         return self._forward_sparse(x, mask, kept)
 
     def _active(self, mask: torch.Tensor, res: int, dtype) -> torch.Tensor:

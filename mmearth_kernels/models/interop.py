@@ -7,7 +7,7 @@
   original stem only: timm has no MMEarth stem).
 
 MinkowskiEngine kernel layouts (convnextv2-fcmae.md §2.8, minkowski.md): a regular conv kernel is
-``[K*K, Cin, Cout]`` and a depthwise one ``[K*K, C]``, with offset index ``k = kh + K * kw`` (the first
+``[K*K, Cin, Cout]`` (``[Cin, Cout]`` when K*K = 1) and a depthwise one ``[K*K, C]``, with offset index ``k = kh + K * kw`` (the first
 spatial axis, H, varies fastest); biases and GRN parameters are ``[1, C]``. Both act as
 cross-correlations, like ``nn.Conv2d``, so no flip is needed.
 """
@@ -22,7 +22,9 @@ from .convnextv2 import ConvNeXtV2Encoder
 
 
 def _me_to_conv(kernel: torch.Tensor, k: int) -> torch.Tensor:
-    """ME ``[k*k, Cin, Cout]`` -> ``[Cout, Cin, k, k]``."""
+    """ME ``[k*k, Cin, Cout]`` (``[Cin, Cout]`` when k = 1) -> ``[Cout, Cin, k, k]``."""
+    if kernel.dim() == 2:  # ME stores a kernel of volume 1 without the offset axis
+        kernel = kernel.unsqueeze(0)
     kk, cin, cout = kernel.shape
     return kernel.reshape(k, k, cin, cout).permute(3, 2, 1, 0).contiguous()  # [kw, kh, ci, co] -> [co, ci, kh, kw]
 

@@ -1,0 +1,98 @@
+"""Training configuration: one dataclass, presets, and an argparse CLI generated from it.
+
+Every field's ``help`` is its documentation (``python -m train --help``). A preset fills the fields;
+any option given on the command line overrides it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+
+def _f(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = _f("", "MMEarth file stem (path without .h5); empty with --preset demo: synthetic data made on first "
+                       "use in --data-dir")
+    data_dir: str = _f("~/.cache/mmearth-kernels/demo-data", "where the demo's synthetic data and cache are made")
+    cache: bool = _f(True, "read through the uncompressed cache (built on first use next to the data)")
+    crop: int = _f(56, "random crop side (64 -> 56, 128 -> 112)")
+    workers: int = _f(0, "DataLoader worker processes (0: load in the training process)")
+    # model
+    model: str = _f("atto", "ConvNeXt V2 size: atto, femto, pico, nano, tiny, base, large, huge")
+    patch_size: int = _f(8, "mask patch size in pixels (8 at 56 px, 16 at 112 px)")
+    tasks: str = _f("all", "pretext tasks: all, s2, pixel, image, or a comma-separated list")
+    backend: str = _f("sparse", "encoder backend: dense, sparse, minkowski")
+    impl: str = _f("auto", "kernel implementation: auto, ref, cpu, cuda, triton")
+    grn_stats: str = _f("per_sample", "GRN statistics: per_sample (paper/JAX) or batch (released code)")
+    decoder: str = _f("shared", "decoder: shared (one block for all tasks, as released) or per_task")
+    mask_ratio: float = _f(0.6, "FCMAE mask ratio (keeps int(49 * (1 - ratio)) patches)")
+    loss_weighting: str = _f("uncertainty", "uncertainty (sum exp(-s) L + s) or unweighted")
+    init: str = _f("mmearth", "weight init: mmearth (as released, std-1.0 quirk) or standard (std 0.02)")
+    # optimisation
+    batch_size: int = _f(16, "samples per step per process (before accumulation)")
+    accum: int = _f(1, "gradient accumulation steps per optimiser step")
+    lr: float = _f(0.0, "peak learning rate; 0 = blr * effective batch / 256")
+    blr: float = _f(1.5e-4, "base learning rate per 256 samples (used when --lr is 0)")
+    weight_decay: float = _f(0.05, "AdamW weight decay (none on biases, norms, GRN and the uncertainty weights)")
+    warmup_steps: int = _f(0, "linear warm-up steps (0: use --warmup-epochs)")
+    warmup_epochs: float = _f(40.0, "linear warm-up in epochs (when --warmup-steps is 0)")
+    epochs: float = _f(200.0, "length of the cosine schedule in epochs (ignored when --steps is set)")
+    steps: int = _f(0, "total optimiser steps (0: --epochs worth)")
+    clip_grad: float = _f(0.0, "gradient-norm clipping (0 = off, as upstream)")
+    precision: str = _f("auto", "auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16")
+    compile: bool = _f(False, "torch.compile the model")
+    seed: int = _f(0, "random seed (each rank adds its rank)")
+    device: str = _f("auto", "auto, cpu or cuda")
+    # output
+    out: str = _f("runs/demo", "output directory: checkpoints, metrics.jsonl, reconstructions")
+    log_every: int = _f(10, "steps between metrics records")
+    ckpt_every: int = _f(100, "steps between checkpoints (and one at the end)")
+    png_every: int = _f(100, "steps between reconstruction pictures (0 = never)")
+    resume: str = _f("", "checkpoint to resume from, or 'auto' for <out>/last.pt")
+    progress: bool = _f(True, "show a progress bar")
+
+
+PRESETS = {
+    # A few hundred steps of atto at 56/8 on synthetic MMEarth64-format data: minutes on 2 CPU cores.
+    "demo": dict(model="atto", patch_size=8, crop=56, tasks="all", batch_size=16, lr=2e-3, warmup_steps=20,
+                 steps=240, log_every=10, ckpt_every=120, png_every=120, out="runs/demo"),
+    # The paper recipe on MMEarth64: effective batch 4096 (here by accumulation on one process).
+    "mmearth64-atto": dict(model="atto", patch_size=8, crop=56, batch_size=256, accum=16, blr=1.5e-4, lr=0.0,
+                           warmup_epochs=40, epochs=200, weight_decay=0.05, out="runs/mmearth64-atto"),
+    # MMEarth at 128 px: crop 112, patch 16.
+    "mmearth-atto-112": dict(model="atto", patch_size=16, crop=112, batch_size=256, accum=16, blr=1.5e-4, lr=0.0,
+                             warmup_epochs=40, epochs=200, out="runs/mmearth-atto-112"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="mmearth-pretrain", description="MMEarth multi-pretext MAE pretraining (ConvNeXt V2, FCMAE).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                    help="start from a preset (" + "; ".join(f"{k}" for k in PRESETS) + "); options override it")
+    for f in dataclasses.fields(TrainConfig):
+        name = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            ap.add_argument(name, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"])
+        else:
+            typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            ap.add_argument(name, type=typ, default=None, help=f"{f.metadata['help']} (default: {f.default!r})")
+    return ap
+
+
+def parse_config(argv=None) -> TrainConfig:
+    args = build_parser().parse_args(argv)
+    values = dict(PRESETS[args.preset]) if args.preset else {}
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name)
+        if v is not None:
+            values[f.name] = v
+    return TrainConfig(**values)
