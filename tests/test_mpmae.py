@@ -121,6 +121,10 @@ def test_loss_functions():
     assert torch.isfinite(Lf.masked_patch_mse(pred, const, norm_pix=True))
     assert Lf.masked_pixel_ce(torch.randn(2, 16 * 9), torch.full((2, 16), -1), 9) == 0
     assert Lf.class_ce(torch.randn(4, 14), torch.full((4,), -1)) == 0
+    logits, idx = torch.randn(4, 14), torch.tensor([3, 0, 13, 5])
+    onehot = torch.nn.functional.one_hot(idx, 14).to(torch.uint8)
+    onehot[3] = 0  # an all-zero row is ignored
+    torch.testing.assert_close(Lf.class_ce(logits, onehot), Lf.class_ce(logits, torch.tensor([3, 0, 13, -1])))
     # MSE drops NaN targets
     p, tg = torch.tensor([[1.0, 2.0]]), torch.tensor([[float("nan"), 4.0]])
     assert Lf.vector_mse(p, tg) == 4.0

@@ -73,7 +73,11 @@ def vector_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def class_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy from a class index (biome, ecoregion); -1 ignored."""
+    """Cross-entropy for biome / ecoregion from a class index (-1 ignored) or from the file's one-hot rows
+    (argmax; an all-zero row is ignored)."""
+    if target.dim() == logits.dim():  # one-hot [B, K] (stored as uint8/uint16)
+        onehot = target.long()
+        target = torch.where(onehot.amax(dim=-1) > 0, onehot.argmax(dim=-1), torch.full_like(onehot[..., 0], -1))
     keep = target >= 0
     loss = F.cross_entropy(logits, target.clamp_min(0), reduction="none")
     return _safe_mean((loss * keep).sum(), keep.sum())
