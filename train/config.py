@@ -56,6 +56,8 @@ class TrainConfig:
     ckpt_every: int = _f(100, "steps between checkpoints (and one at the end)")
     png_every: int = _f(100, "steps between reconstruction pictures (0 = never)")
     resume: str = _f("", "checkpoint to resume from, or 'auto' for <out>/last.pt")
+    stop_after: int = _f(0, "end this run after N optimiser steps, writing a checkpoint (time-limited jobs: "
+                            "--resume auto continues the same schedule)")
     progress: bool = _f(True, "show a progress bar")
 
 

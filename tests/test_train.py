@@ -1,0 +1,80 @@
+"""The trainer: a short run writes everything, resume continues the exact loss sequence, a kill while
+writing a checkpoint leaves the previous one loadable, and a non-finite loss stops with a clear message."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from train.config import TrainConfig, parse_config
+from train.data.synthetic import write_dataset
+from train.train import load_checkpoint, save_checkpoint, train
+
+
+@pytest.fixture(scope="module")
+def stem(tmp_path_factory):
+    return write_dataset(str(tmp_path_factory.mktemp("data")), tiles=48, size=64, seed=1, quiet=True,
+                         splits=(1.0, 0.0, 0.0))
+
+
+def _cfg(stem, out, **kw):
+    base = dict(data=stem, out=str(out), batch_size=4, steps=6, lr=1e-3, warmup_steps=2, log_every=2, ckpt_every=3,
+                png_every=3, progress=False, seed=3, init="standard")
+    return TrainConfig(**(base | kw))
+
+
+def test_short_run_writes_metrics_checkpoint_and_pictures(stem, tmp_path):
+    res = train(_cfg(stem, tmp_path))
+    assert res["step"] == 6 and all(map(lambda v: v == v, res["losses"]))
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert set(records[0]["losses"]) == set(records[0]["weights"]) and len(records[0]["losses"]) == 12
+    assert records[0]["img_per_s"] > 0 and "data_s" in records[0] and "compute_s" in records[0]
+    assert sorted(os.listdir(tmp_path / "recon")) == ["step_000003.png", "step_000006.png"]
+    ck = load_checkpoint(str(tmp_path / "last.pt"))
+    assert ck["step"] == 6 and ck["config"]["batch_size"] == 4
+
+
+def test_resume_reproduces_the_uninterrupted_run(stem, tmp_path):
+    full = train(_cfg(stem, tmp_path / "a", steps=8))["losses"]
+    first = train(_cfg(stem, tmp_path / "b", steps=8, stop_after=3))["losses"]
+    rest = train(_cfg(stem, tmp_path / "b", steps=8, resume="auto"))["losses"]
+    assert len(first) == 3 and len(rest) == 5
+    assert first + rest == full  # bit-identical on CPU
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_one(stem, tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    path = str(tmp_path / "last.pt")
+    save_checkpoint(path, model, opt, TrainConfig(), {"step": 1, "epoch": 0, "position": 1})
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):  # writes half a file, then the process "dies"
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, model, opt, TrainConfig(), {"step": 2, "epoch": 0, "position": 2})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert load_checkpoint(path)["step"] == 1
+
+
+def test_non_finite_loss_stops_with_a_clear_message(stem, tmp_path):
+    cfg = _cfg(stem, tmp_path, lr=1e30, warmup_steps=0, steps=20, png_every=0)
+    from train.train import NonFiniteLoss
+
+    with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step \d+ \(task\(s\): .+\); diagnostic checkpoint"):
+        train(cfg)
+    assert any(n.startswith("nonfinite-step") for n in os.listdir(tmp_path))
+
+
+def test_cli_presets_and_overrides():
+    cfg = parse_config(["--preset", "demo", "--batch-size", "8", "--no-progress"])
+    assert cfg.model == "atto" and cfg.steps == 240 and cfg.batch_size == 8 and cfg.progress is False
+    assert parse_config(["--preset", "mmearth-atto-112"]).crop == 112
+    with pytest.raises(SystemExit):
+        parse_config(["--preset", "nope"])
