@@ -48,6 +48,7 @@ class TrainConfig:
     clip_grad: float = _f(0.0, "gradient-norm clipping (0 = off, as upstream)")
     precision: str = _f("auto", "auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16")
     compile: bool = _f(False, "torch.compile the model")
+    channels_last: bool = _f(False, "channels_last memory format for the model and input (dense backend on GPU)")
     seed: int = _f(0, "random seed (each rank adds its rank)")
     device: str = _f("auto", "auto, cpu or cuda")
     # output

@@ -106,6 +106,34 @@ def epoch_batches(n: int, batch: int, epoch: int, seed: int, rank: int, world: i
     return [order[s * per_step + rank * batch: s * per_step + (rank + 1) * batch] for s in range(steps)]
 
 
+def step_mask(model: MPMAE, cfg: TrainConfig, step: int, micro: int, rank: int, world: int) -> torch.Tensor:
+    """This rank's slice of the global batch's random mask, drawn from a generator seeded by (seed, step,
+    micro-batch): independent of the process count (a 2-process run masks exactly like a 1-process run
+    at the same global batch) and of the RNG state (a resumed run masks exactly like an uninterrupted one)."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence((cfg.seed, step, micro)).generate_state(1)[0]))
+    mask, _ = model.random_mask(cfg.batch_size * world, generator=g)
+    return mask[rank * cfg.batch_size:(rank + 1) * cfg.batch_size]
+
+
+def sync_counts(counts: torch.Tensor):
+    """Per-task element counts summed over processes (one small all-reduce per micro-batch): see
+    ``MPMAE.forward``; this is what makes a data-parallel step equal the one-process step."""
+    counts = counts.clone()
+    dist.all_reduce(counts)
+    return counts, dist.get_world_size()
+
+
+def global_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean over processes (identity on one)."""
+    if not dist.is_initialized():
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t / dist.get_world_size()
+
+
 def collate(items):
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
@@ -194,6 +222,8 @@ def train(cfg: TrainConfig) -> dict:
     model = MPMAE(cfg.model, img_size=cfg.crop, patch_size=cfg.patch_size, tasks=tasks, decoder=cfg.decoder,
                   mask_ratio=cfg.mask_ratio, loss_weighting=cfg.loss_weighting, backend=cfg.backend,
                   grn_stats=cfg.grn_stats, impl=cfg.impl, init=cfg.init).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     eff_batch = cfg.batch_size * cfg.accum * world
     peak_lr = cfg.lr or cfg.blr * eff_batch / 256
     steps_per_epoch = max(1, len(ds) // (cfg.batch_size * world) // cfg.accum)
@@ -220,7 +250,7 @@ def train(cfg: TrainConfig) -> dict:
                                                         if device == "cuda" else None)
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device == "cuda")
     autocast = torch.autocast(device, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-    kept = num_kept(model.grid * model.grid, cfg.mask_ratio)  # static; drawing a mask here would consume RNG
+    kept = num_kept(model.grid * model.grid, cfg.mask_ratio)
     ds.set_epoch(epoch)
     metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if main else None
     tb = None
@@ -251,18 +281,23 @@ def train(cfg: TrainConfig) -> dict:
             lr = lr_at(step, peak_lr, warmup, total)
             for group in opt.param_groups:
                 group["lr"] = lr
-            mask, _ = model.random_mask(batch["input"].shape[0], device=device)
+            mask = step_mask(model, cfg, step, micro % cfg.accum, rank, world).to(device)
+            inp = batch["input"].contiguous(memory_format=torch.channels_last) if cfg.channels_last else batch["input"]
             with autocast:
-                out = net(batch["input"], batch, mask, kept)
+                out = net(inp, batch, mask, kept, sync_counts if world > 1 else None)
             loss = out["loss"]
-            if not torch.isfinite(loss):
-                bad = [t for t, v in out["losses"].items() if not torch.isfinite(v)]
+            # the global loss and per-task losses (every rank gets them, so every rank stops together)
+            seen = global_mean(torch.cat([loss.detach().float()[None], torch.stack(list(out["losses"].values()))]))
+            if not torch.isfinite(seen).all():
+                bad = [t for t, v in zip(out["losses"], seen[1:].tolist()) if not math.isfinite(v)]
                 diag = os.path.join(cfg.out, f"nonfinite-step{step}.pt")
                 if main:
                     save_checkpoint(diag, model, opt, cfg, {"step": step, "epoch": epoch, "position": position})
                 raise NonFiniteLoss(f"non-finite loss at step {step} (task(s): {', '.join(bad) or 'the weighting'}); "
                                     f"diagnostic checkpoint: {diag}")
-            (loss / cfg.accum).backward()
+            last_micro = (micro + 1) % cfg.accum == 0
+            with net.no_sync() if world > 1 and not last_micro else contextlib.nullcontext():  # all-reduce once
+                (loss / cfg.accum).backward()
             micro += 1
             position += 1
             window["samples"] += batch["input"].shape[0] * world
@@ -277,12 +312,12 @@ def train(cfg: TrainConfig) -> dict:
                 torch.cuda.synchronize()
             window["compute"] += time.perf_counter() - t0
             step += 1
-            rec = {"step": step, "loss": loss.item(), "lr": lr}
+            rec = {"step": step, "loss": seen[0].item(), "lr": lr}
             history.append(rec["loss"])
             bar.update(1)
             if main and (step % cfg.log_every == 0 or step == total):
                 busy = window["data"] + window["compute"]
-                rec.update(losses={t: round(v.item(), 5) for t, v in out["losses"].items()},
+                rec.update(losses={t: round(v, 5) for t, v in zip(out["losses"], seen[1:].tolist())},
                            weights=dict(zip(model.tasks, torch.exp(-model.log_vars.detach()).tolist())),
                            img_per_s=window["samples"] / max(busy, 1e-9), data_s=window["data"],
                            compute_s=window["compute"], epoch=epoch)
@@ -322,6 +357,9 @@ def main(argv=None) -> None:
         result = train(cfg)
     except NonFiniteLoss as e:
         sys.exit(f"[train] stopped: {e}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     h = result["losses"]
     if h:
         k = max(1, len(h) // 10)

@@ -4,6 +4,10 @@ Pixel tasks are computed on masked patches only: regression as a per-patch MSE a
 masked patches with a non-zero loss (S2 with per-patch normalisation, ``norm_pix``), per-pixel
 cross-entropy for Dynamic World / ESA WorldCover (target -1 ignored). Image tasks use every sample:
 MSE with NaN targets dropped (ERA5, lat, lon, month), cross-entropy for biome / ecoregion.
+
+Every loss is a mean ``sum / count``; the ``*_parts`` functions return the two separately so that a
+data-parallel run can divide by the count summed over all processes (then the averaged gradient equals
+a one-process step on the global batch, even when no-data makes per-process counts differ).
 """
 
 from __future__ import annotations
@@ -32,7 +36,14 @@ def _safe_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
 
 def masked_patch_mse(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool = False, nodata: str = "zero"
                      ) -> torch.Tensor:
-    """MSE over masked patches. ``pred``, ``target`` ``[M, p*p*C]`` (the M masked patches of the batch).
+    """The mean: see :func:`masked_patch_mse_parts`."""
+    return _safe_mean(*masked_patch_mse_parts(pred, target, norm_pix, nodata))
+
+
+def masked_patch_mse_parts(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool = False, nodata: str = "zero"
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSE over masked patches as ``(sum, count)``; ``pred``, ``target`` ``[M, p*p*C]`` (the batch's M masked
+    patches).
 
     ``nodata="zero"`` (as released): NaN targets become 0 and are trained on. ``"ignore"``: NaN
     elements are left out of every mean. ``norm_pix``: each target patch is standardised by its own
@@ -53,38 +64,57 @@ def masked_patch_mse(pred: torch.Tensor, target: torch.Tensor, norm_pix: bool = 
         target = (target - mean) / (var + 1e-6).sqrt()
     per_patch = _safe_mean(((pred - target) ** 2 * v).sum(-1), v.sum(-1))
     # average over masked patches whose loss is non-zero (upstream counts count_nonzero(loss * mask))
-    return _safe_mean(per_patch.sum(), (per_patch != 0).sum())
+    return per_patch.sum(), (per_patch != 0).sum()
 
 
 def masked_pixel_ce(logits: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
-    """Per-pixel cross-entropy on masked patches; ``logits`` ``[M, p*p*K]``, ``target`` ``[M, p*p]``, -1 ignored."""
+    """The mean: see :func:`masked_pixel_ce_parts`."""
+    return _safe_mean(*masked_pixel_ce_parts(logits, target, classes))
+
+
+def masked_pixel_ce_parts(logits: torch.Tensor, target: torch.Tensor, classes: int):
+    """``(sum, count)`` of the per-pixel cross-entropy on masked patches; ``logits`` ``[M, p*p*K]``,
+    ``target`` ``[M, p*p]``, -1 ignored."""
     logits = logits.reshape(-1, classes)
     target = target.reshape(-1)
     keep = target >= 0
     loss = F.cross_entropy(logits, target.clamp_min(0), reduction="none")
-    return _safe_mean((loss * keep).sum(), keep.sum())
+    return (loss * keep).sum(), keep.sum()
 
 
 def vector_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE over the non-NaN target elements (ERA5, lat, lon, month)."""
+    """The mean: see :func:`vector_mse_parts`."""
+    return _safe_mean(*vector_mse_parts(pred, target))
+
+
+def vector_mse_parts(pred: torch.Tensor, target: torch.Tensor):
+    """``(sum, count)`` of the squared error over the non-NaN target elements (ERA5, lat, lon, month)."""
     keep = torch.isfinite(target)
     err = torch.where(keep, pred - torch.nan_to_num(target), torch.zeros_like(pred))
-    return _safe_mean((err ** 2).sum(), keep.sum())
+    return (err ** 2).sum(), keep.sum()
 
 
 def class_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for biome / ecoregion from a class index (-1 ignored) or from the file's one-hot rows
-    (argmax; an all-zero row is ignored)."""
+    """The mean: see :func:`class_ce_parts`."""
+    return _safe_mean(*class_ce_parts(logits, target))
+
+
+def class_ce_parts(logits: torch.Tensor, target: torch.Tensor):
+    """``(sum, count)`` of the cross-entropy for biome / ecoregion from a class index (-1 ignored) or from
+    the file's one-hot rows (argmax; an all-zero row is ignored)."""
     if target.dim() == logits.dim():  # one-hot [B, K] (stored as uint8/uint16)
         onehot = target.long()
         target = torch.where(onehot.amax(dim=-1) > 0, onehot.argmax(dim=-1), torch.full_like(onehot[..., 0], -1))
     keep = target >= 0
     loss = F.cross_entropy(logits, target.clamp_min(0), reduction="none")
-    return _safe_mean((loss * keep).sum(), keep.sum())
+    return (loss * keep).sum(), keep.sum()
 
 
-def uncertainty_weighting(losses: torch.Tensor, log_vars: torch.Tensor) -> torch.Tensor:
+def uncertainty_weighting(losses: torch.Tensor, log_vars: torch.Tensor, active: torch.Tensor | None = None
+                          ) -> torch.Tensor:
     """``sum_i exp(-s_i) L_i + s_i`` (Kendall et al. without the 1/2 factors, as released); a task whose
-    loss is exactly 0 contributes nothing."""
+    loss is exactly 0 contributes nothing (upstream's test; ``active`` overrides it: MP-MAE passes "the
+    global element count is non-zero", which is the same thing on one process, and stays the same on
+    every rank when one rank's batch happens to hold no valid element of a task)."""
     terms = torch.exp(-log_vars) * losses + log_vars
-    return torch.where(losses != 0, terms, torch.zeros_like(terms)).sum()
+    return torch.where(losses != 0 if active is None else active, terms, torch.zeros_like(terms)).sum()

@@ -127,7 +127,7 @@ class MPMAE(nn.Module):
         return t[mask.flatten(1)]
 
     def forward(self, x: torch.Tensor, targets: dict[str, torch.Tensor], mask: torch.Tensor | None = None,
-                kept: int | None = None) -> dict:
+                kept: int | None = None, sync_counts=None) -> dict:
         """One pretraining step's forward.
 
         Args:
@@ -136,6 +136,11 @@ class MPMAE(nn.Module):
                 no data), DW/ESA ``[B, img, img]`` int64 (-1 = no data), image regression ``[B, C]``,
                 biome/ecoregion ``[B]`` int64 class index.
             mask: ``[B, g, g]`` (1 = masked); None draws FCMAE's random mask with ``mask_ratio``.
+            sync_counts: data parallel only: maps this process's per-task element counts ``[T]`` to
+                ``(counts summed over processes, number of processes)``. Each task loss is then
+                ``world * local sum / global count``, so averaging gradients over processes (DDP) gives
+                exactly the gradient of the global-batch mean; the returned losses are this process's
+                share (their mean over processes is the global loss).
         Returns ``{"loss", "losses" (per task, detached-free tensors), "mask"}``.
         """
         B = x.shape[0]
@@ -146,7 +151,7 @@ class MPMAE(nn.Module):
             mask, kept = self.random_mask(B, device=x.device)
         feats = self.decode(x, mask, kept)
         p = self.patch_size
-        losses = {}
+        parts = {}
         shared_tokens = None
         for t in self.tasks:
             f = feats[t]
@@ -160,17 +165,25 @@ class MPMAE(nn.Module):
                 tgt = targets[t]
                 if t in ("dynamic_world", "esa_worldcover"):
                     tgt = Lf.patchify(tgt[:, None].float(), p).long()
-                    losses[t] = Lf.masked_pixel_ce(pred, self._masked_targets(tgt, mask, idx), PIXEL_TASKS[t])
+                    parts[t] = Lf.masked_pixel_ce_parts(pred, self._masked_targets(tgt, mask, idx), PIXEL_TASKS[t])
                 else:
                     tgt = self._masked_targets(Lf.patchify(tgt, p), mask, idx)
-                    losses[t] = Lf.masked_patch_mse(pred, tgt, self.norm_pix_loss and t == "sentinel2", self.nodata)
+                    norm_pix = self.norm_pix_loss and t == "sentinel2"
+                    parts[t] = Lf.masked_patch_mse_parts(pred, tgt, norm_pix, self.nodata)
             else:
                 pooled = self.image_norm(f.permute(0, 2, 3, 1)).mean(dim=(1, 2))  # all g*g positions
                 out = self.image_heads[t](pooled)
-                losses[t] = Lf.class_ce(out, targets[t]) if t in CLASS_TASKS else Lf.vector_mse(out, targets[t])
-        stacked = torch.stack([losses[t] for t in self.tasks])
+                parts[t] = (Lf.class_ce_parts(out, targets[t]) if t in CLASS_TASKS
+                            else Lf.vector_mse_parts(out, targets[t]))
+        totals = torch.stack([parts[t][0].float() for t in self.tasks])
+        counts = torch.stack([parts[t][1] for t in self.tasks]).float()  # fp32 even under autocast: counts > 256
+        world = 1
+        if sync_counts is not None:
+            counts, world = sync_counts(counts.detach())
+        stacked = totals * world / counts.clamp_min(1)
+        losses = dict(zip(self.tasks, stacked.unbind()))
         if self.loss_weighting == "uncertainty":
-            loss = Lf.uncertainty_weighting(stacked, self.log_vars)
+            loss = Lf.uncertainty_weighting(stacked, self.log_vars, active=counts > 0)
         else:
             loss = stacked.sum()
         return {"loss": loss, "losses": losses, "mask": mask}
