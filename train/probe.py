@@ -1,0 +1,275 @@
+"""Export a pretrained encoder, extract pooled features, fit a linear probe, report accuracy.
+
+    python -m train.probe --checkpoint runs/demo/last.pt --data ~/.cache/mmearth-kernels/demo-data/synthetic_2000_64
+    python -m train.probe --checkpoint runs/demo/last.pt --data labelled.npz          # arrays x, y [, split]
+    python -m train.probe --checkpoint runs/demo/last.pt --export encoder.pt --layout timm
+    mmearth-probe ...                                                               # the same, installed
+
+Labelled sets:
+  * an MMEarth file stem (``.h5`` + json files): the encoder sees the full tile's 12 S2 bands normalised
+    exactly as in pretraining; ``--label`` picks the label: ``dominant_landcover`` (the most frequent ESA
+    WorldCover class of the tile: a scene-level label), ``biome`` or ``eco_region``. The probe is fitted
+    on the ``train`` split and scored on ``val`` and ``test``.
+  * ``.npz`` or ``.h5`` with ``x`` ``[N, 12, H, W]`` (already normalised like the pretraining input; H a
+    multiple of the patch size) and ``y`` ``[N]`` integer labels; optional ``split`` ``[N]`` (0 train,
+    1 val, 2 test), else ``--val-fraction`` of the rows (seeded) is held out.
+
+Features: the encoder (dense backend, nothing masked) averaged over all positions. Probe: multinomial
+logistic regression on standardised features (full-batch L-BFGS with L2 ``--wd``). By default the same
+architecture with the checkpoint's own random initialisation (its config's init and seed) is probed
+beside it, so the report shows what pretraining added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmearth_kernels.models.convnextv2 import ConvNeXtV2Encoder
+from mmearth_kernels.models.interop import export_dense
+from mmearth_kernels.models.mpmae import MPMAE, TASK_SETS
+
+LABELS = ("dominant_landcover", "biome", "eco_region")
+SPLITS = ("train", "val", "test")
+
+
+# -- encoders -----------------------------------------------------------------------------------
+def _load_trainer_checkpoint(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--checkpoint: no file at {path}")
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
+        raise ValueError(f"--checkpoint {path}: expected a trainer checkpoint (keys 'model', 'config'), "
+                         f"got keys {sorted(ck)[:6] if isinstance(ck, dict) else type(ck).__name__}")
+    return ck
+
+
+def encoder_from_checkpoint(path: str, img_size: int, random_init: bool = False) -> ConvNeXtV2Encoder:
+    """The checkpoint's encoder on the dense backend for ``img_size`` inputs (fully convolutional, so any
+    multiple of the patch size works). ``random_init``: the same architecture initialised exactly as the
+    run that wrote the checkpoint started (its init mode and seed), not its trained weights."""
+    ck = _load_trainer_checkpoint(path)
+    cfg = ck["config"]
+    enc = ConvNeXtV2Encoder(cfg["model"], img_size=img_size, patch_size=cfg["patch_size"], backend="dense")
+    if random_init:
+        torch.manual_seed(cfg["seed"])  # rank 0's seed: the weights the run started from
+        tasks = cfg["tasks"]
+        start = MPMAE(cfg["model"], img_size=cfg["crop"], patch_size=cfg["patch_size"], decoder=cfg["decoder"],
+                      tasks=tasks if tasks in TASK_SETS else tuple(tasks.split(",")),
+                      init=cfg["init"], backend="dense")
+        state = {k[len("encoder."):]: v for k, v in start.state_dict().items() if k.startswith("encoder.")}
+    else:
+        state = {k[len("encoder."):]: v for k, v in ck["model"].items() if k.startswith("encoder.")}
+    enc.load_state_dict(state)
+    return enc.eval()
+
+
+def export_encoder(checkpoint: str, out: str, layout: str = "mmearth") -> dict:
+    """Write the trained encoder as a dense ConvNeXt V2 ``state_dict`` (``{"model": ..., "meta": ...}``)."""
+    ck = _load_trainer_checkpoint(checkpoint)
+    cfg = ck["config"]
+    enc = encoder_from_checkpoint(checkpoint, cfg["crop"])
+    meta = {"size": cfg["model"], "patch_size": cfg["patch_size"], "in_chans": enc.in_chans, "layout": layout,
+            "step": ck.get("step"), "source": os.path.abspath(checkpoint)}
+    if os.path.exists(out):
+        raise FileExistsError(f"--export: {out} exists; not overwriting it")
+    tmp = out + ".tmp"
+    torch.save({"model": export_dense(enc, layout), "meta": meta}, tmp)
+    os.replace(tmp, out)
+    return meta
+
+
+# -- labelled data ------------------------------------------------------------------------------
+def _labels_from_targets(batch: dict, label: str) -> torch.Tensor:
+    if label == "dominant_landcover":
+        lc = batch["esa_worldcover"].flatten(1)                          # [B, H*W], -1 = no data
+        counts = F.one_hot(lc.clamp_min(0), 11).mul_((lc >= 0)[..., None]).sum(1)
+        return torch.where(counts.sum(1) > 0, counts.argmax(1), -1)
+    y = batch[label]
+    if y.dim() == 2:  # the file's one-hot rows
+        return torch.where(y.amax(1) > 0, y.long().argmax(1), -1)
+    return y.long()
+
+
+def load_mmearth(stem: str, label: str, split: str, limit: int = 0, crop: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    from .data import MMEarthDataset
+
+    if label not in LABELS:
+        raise ValueError(f"--label must be one of {', '.join(LABELS)}, got {label!r}")
+    target = "esa_worldcover" if label == "dominant_landcover" else label
+    ds = MMEarthDataset(stem, split=split, targets=(target,), crop=crop)  # crop: seeded, one per tile
+    n = len(ds) if not limit else min(limit, len(ds))
+    xs, ys = [], []
+    for s in range(0, n, 128):
+        items = ds.__getitems__(list(range(s, min(n, s + 128))))
+        batch = {k: torch.stack([it[k] for it in items]) for k in ("input", target)}
+        xs.append(batch["input"])
+        ys.append(_labels_from_targets(batch, label))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def load_arrays(path: str, val_fraction: float, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``x``/``y``[/``split``] from .npz or .h5, as {split: (x, y)}."""
+    if path.endswith(".npz"):
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in f.files}
+    else:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            arrays = {k: f[k][()] for k in f.keys()}
+    for key in ("x", "y"):
+        if key not in arrays:
+            raise ValueError(f"--data {path}: needs arrays 'x' [N, C, H, W] and 'y' [N]; has {sorted(arrays)}")
+    x, y = torch.from_numpy(np.asarray(arrays["x"], np.float32)), torch.from_numpy(np.asarray(arrays["y"])).long()
+    if x.dim() != 4 or y.shape != (x.shape[0],):
+        raise ValueError(f"--data {path}: x must be [N, C, H, W] and y [N], got {tuple(x.shape)} and {tuple(y.shape)}")
+    if "split" in arrays:
+        split = torch.from_numpy(np.asarray(arrays["split"])).long()
+    else:
+        g = torch.Generator().manual_seed(seed)
+        split = (torch.rand(len(y), generator=g) < val_fraction).long()
+    return {name: (x[split == i], y[split == i]) for i, name in enumerate(SPLITS) if (split == i).any()}
+
+
+# -- features and the probe ---------------------------------------------------------------------
+@torch.no_grad()
+def extract_features(encoder: ConvNeXtV2Encoder, x: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """Global-average-pooled encoder features ``[N, C]`` (nothing masked)."""
+    if x.shape[1] != encoder.in_chans or x.shape[2] != encoder.img_size or x.shape[3] != encoder.img_size:
+        raise ValueError(f"inputs must be [N, {encoder.in_chans}, {encoder.img_size}, {encoder.img_size}], "
+                         f"got {tuple(x.shape)}")
+    return torch.cat([encoder(x[s:s + batch]).float().mean(dim=(2, 3)) for s in range(0, len(x), batch)])
+
+
+WD_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+class LinearProbe:
+    """Multinomial logistic regression on standardised features (rows with label -1 are ignored).
+
+    ``wd=None`` picks the L2 penalty from ``WD_GRID`` on a seeded 20 % hold-out of the training rows, then
+    refits on all of them (features often outnumber what a small labelled set supports)."""
+
+    def __init__(self, wd: float | None = None, iters: int = 300):
+        self.wd, self.iters = wd, iters
+        self.chosen_wd = wd
+
+    def fit(self, feats: torch.Tensor, labels: torch.Tensor) -> "LinearProbe":
+        if self.wd is not None:
+            return self._fit(feats, labels, self.wd)
+        keep = labels >= 0
+        feats, labels = feats[keep], labels[keep]
+        hold = torch.rand(len(labels), generator=torch.Generator().manual_seed(0)) < 0.2
+        fit, held = (feats[~hold], labels[~hold]), (feats[hold], labels[hold])
+        if hold.any() and (~hold).any():
+            scores = {wd: LinearProbe(wd, self.iters)._fit(*fit, wd).accuracy(*held) for wd in WD_GRID}
+        else:  # too few rows to hold any out
+            scores = {1e-2: 0.0}
+        self.chosen_wd = max(scores, key=lambda wd: (scores[wd], wd))  # ties: the stronger penalty
+        return self._fit(feats, labels, self.chosen_wd)
+
+    def _fit(self, feats: torch.Tensor, labels: torch.Tensor, wd: float) -> "LinearProbe":
+        keep = labels >= 0
+        f, y = feats[keep].double(), labels[keep]
+        if len(y) == 0:
+            raise ValueError("no labelled training rows")
+        self.mean, self.std = f.mean(0), f.std(0).clamp_min(1e-6)
+        z = (f - self.mean) / self.std
+        self.classes = int(labels.max()) + 1
+        self.linear = torch.nn.Linear(z.shape[1], self.classes, dtype=torch.float64)
+        torch.nn.init.zeros_(self.linear.weight)
+        torch.nn.init.zeros_(self.linear.bias)
+        opt = torch.optim.LBFGS(self.linear.parameters(), lr=1.0, max_iter=self.iters, history_size=20,
+                                line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(self.linear(z), y) + wd * self.linear.weight.square().sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return self
+
+    @torch.no_grad()
+    def predict(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.linear((feats.double() - self.mean) / self.std).argmax(1)
+
+    def accuracy(self, feats: torch.Tensor, labels: torch.Tensor) -> float:
+        keep = labels >= 0
+        return float((self.predict(feats[keep]) == labels[keep]).double().mean()) if keep.any() else float("nan")
+
+
+def probe(checkpoint: str, data: dict[str, tuple[torch.Tensor, torch.Tensor]], baseline: bool = True,
+          wd: float | None = None) -> dict:
+    """Fit on ``data["train"]``, score every split; with ``baseline``, also the random-init encoder."""
+    if "train" not in data:
+        raise ValueError("the labelled set has no training rows")
+    img = data["train"][0].shape[-1]
+    ytr = data["train"][1]
+    majority = torch.bincount(ytr[ytr >= 0]).argmax()
+    report = {"checkpoint": os.path.abspath(checkpoint), "rows": {k: len(v[1]) for k, v in data.items()},
+              "majority_class": {k: float((v[1][v[1] >= 0] == majority).double().mean()) for k, v in data.items()}}
+    for name, rand in (("pretrained", False), ("random_init", True))[: 2 if baseline else 1]:
+        enc = encoder_from_checkpoint(checkpoint, img, random_init=rand)
+        feats = {k: extract_features(enc, x) for k, (x, _) in data.items()}
+        clf = LinearProbe(wd=wd).fit(feats["train"], ytr)
+        report[name] = {k: clf.accuracy(feats[k], y) for k, (_, y) in data.items()}
+        report[name]["wd"] = clf.chosen_wd
+    return report
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="mmearth-probe", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="a trainer checkpoint (e.g. runs/demo/last.pt)")
+    ap.add_argument("--export", default="", help="write the encoder as a dense ConvNeXt V2 state_dict here and exit")
+    ap.add_argument("--layout", default="mmearth", choices=("mmearth", "timm"), help="state_dict layout for --export")
+    ap.add_argument("--data", default="", help="MMEarth file stem, or .npz/.h5 with x, y [, split]")
+    ap.add_argument("--label", default="dominant_landcover", choices=LABELS, help="label of an MMEarth file")
+    ap.add_argument("--limit", type=int, default=0, help="use at most this many rows per split (0 = all)")
+    ap.add_argument("--crop", type=int, default=0, help="MMEarth files: a seeded crop of this side per tile "
+                                                         "(a multiple of the patch size; 0 = the full tile)")
+    ap.add_argument("--val-fraction", type=float, default=0.2, help="held out from arrays without a split")
+    ap.add_argument("--wd", type=float, default=None,
+                    help=f"L2 penalty of the logistic regression (default: chosen from {WD_GRID} on a hold-out)")
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the random-init encoder")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction split")
+    ap.add_argument("--json", default="", help="also write the report here")
+    args = ap.parse_args(argv)
+    if args.export:
+        meta = export_encoder(args.checkpoint, args.export, args.layout)
+        print(f"[probe] wrote {args.export}: ConvNeXt V2 {meta['size']} encoder, {args.layout} layout", file=sys.stderr)
+        return
+    if not args.data:
+        ap.error("--data is required (or --export)")
+    if args.data.endswith((".npz", ".h5")) and not os.path.exists(args.data[:-3] + "_splits.json"):
+        data = load_arrays(args.data, args.val_fraction, args.seed)
+        if args.limit:
+            data = {k: (x[:args.limit], y[:args.limit]) for k, (x, y) in data.items()}
+    else:
+        stem = args.data[:-3] if args.data.endswith(".h5") else args.data
+        data = {s: load_mmearth(stem, args.label, s, args.limit, args.crop or None) for s in SPLITS}
+        data = {k: v for k, v in data.items() if len(v[1])}
+    report = probe(args.checkpoint, data, baseline=args.baseline, wd=args.wd)
+    print(f"linear probe ({args.label if not args.data.endswith('.npz') else 'y'}); rows "
+          + ", ".join(f"{k} {n}" for k, n in report["rows"].items()))
+    print(f"{'encoder':<14}" + "".join(f"{k:>9}" for k in data))
+    for name in ("pretrained", "random_init", "majority_class"):
+        if name in report:
+            print(f"{name:<14}" + "".join(f"{report[name][k]:>9.3f}" for k in data))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
