@@ -4,7 +4,10 @@
 #   2. print the device and versions, measure copy bandwidth once,
 #   3. run every test (the CUDA and Triton cases run there; CPU ones too),
 #   4. run the kernel benchmarks on the GPU (fwd, bwd, fwd+bwd; each impl and the dense baselines,
-#      incl. torch.compile'd GRN), write JSON and a table with GB/s and % of the copy bandwidth.
+#      incl. torch.compile'd GRN), write JSON and a table with GB/s and % of the copy bandwidth,
+#   5. run the quick end-to-end training-step grid (python -m benchmarks.e2e: atto and tiny, 56/8,
+#      mask 0.6, bf16 and fp32; dense, sparse, then their compiled variants) under a time limit
+#      (MMEARTH_GPU_CHECK_E2E_TIMEOUT, default 300 s; the JSON keeps every case finished before it).
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]     (default: $OUT if set, else benchmarks/results)
 # Budget: about 8 minutes on an H100. MMEARTH_GPU_CHECK_DRY_RUN=1 runs the plumbing on a CPU box
 # (tests as usual, benchmarks in smoke mode) to check the script itself before a GPU session.
@@ -61,5 +64,16 @@ stamp "report"
 "$PY" benchmarks/report.py "$OUT_DIR/$NAME-sparse_dwconv.json" "$OUT_DIR/$NAME-grn.json" \
   ${COPY_GBS:+--copy-gbs "$COPY_GBS"} --env "$OUT_DIR/env.json" > "$OUT_DIR/$NAME.md" || bench_rc=1
 cat "$OUT_DIR/$NAME.md"
-stamp "done: tests rc=$tests_rc, benchmarks rc=$bench_rc; results in $OUT_DIR/$NAME*"
-[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ]
+stamp "end-to-end training-step grid"
+E2E=(--out "$OUT_DIR" --name "$NAME-e2e")
+if [ "$DRY" = "1" ] && [ -z "$COPY_GBS" ]; then E2E+=(--smoke --backends dense,sparse --no-isolate); fi
+e2e_rc=0
+timeout "${MMEARTH_GPU_CHECK_E2E_TIMEOUT:-300}" "$PY" -m benchmarks.e2e "${E2E[@]}" > "$OUT_DIR/e2e.log" 2>&1 || e2e_rc=$?
+if [ "$e2e_rc" = 124 ] && [ -f "$OUT_DIR/$NAME-e2e.json" ]; then
+  echo "gpu_check: the e2e grid hit its time limit; reporting the cases it finished"
+  "$PY" -m benchmarks.e2e --report "$OUT_DIR/$NAME-e2e.json" > /dev/null
+fi
+cat "$OUT_DIR/$NAME-e2e.md" 2>/dev/null || tail -n 20 "$OUT_DIR/e2e.log"
+
+stamp "done: tests rc=$tests_rc, benchmarks rc=$bench_rc, e2e rc=$e2e_rc; results in $OUT_DIR/$NAME*"
+[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ] && [ "$e2e_rc" = 0 ]
