@@ -283,6 +283,10 @@ def ratios_to_dense(results: list[dict]) -> None:
                 r["memory_vs_dense"] = memory_of(r) / memory_of(d)
 
 
+def _ratio(v) -> str:
+    return "" if v is None else f"{v:.2f}x"
+
+
 def markdown(results: list[dict], ctx: dict) -> str:
     mem_name = "peak GPU MiB" if ctx["device"] == "cuda" else "peak RSS MiB"
     dev = ctx["gpu"] if ctx["device"] == "cuda" else f"{ctx['cpu']} ({ctx['threads']} threads)"
@@ -300,8 +304,7 @@ def markdown(results: list[dict], ctx: dict) -> str:
         lines.append(f"| {r['size']} | {r['geometry']} | {r['precision']} | {r['batch']} | {r['mask_ratio']:g} | "
                      f"{r['backend']} | {r['ms_step']:.1f} | {r['img_s']:.1f} | "
                      f"{'' if mem is None else f'{mem:.0f}'} | "
-                     f"{r.get('speedup_vs_dense', float('nan')):.2f}x | "
-                     f"{r.get('memory_vs_dense', float('nan')):.2f}x |")
+                     f"{_ratio(r.get('speedup_vs_dense'))} | {_ratio(r.get('memory_vs_dense'))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -69,6 +69,27 @@ def test_backends_agree_on_loss_and_gradients(all_masked_sample):
         assert rel < 1e-4, f"{name}: {rel:.2e}"
 
 
+@pytest.mark.parametrize("backend", ["dense", "sparse"])
+def test_bf16_autocast_step_matches_fp32(backend):
+    """The trainer's GPU default: activations in bf16, parameters (GRN, depthwise weights) in fp32."""
+    m = _model()
+    m.encoder.backend = backend
+    x, t = torch.randn(2, 12, 56, 56), _targets(2)
+    mask, kept = m.random_mask(2, generator=torch.Generator().manual_seed(2))
+    o32, g32 = _loss_and_grads(m, x, t, mask, kept)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o16 = m(x, t, mask, kept)
+    m.zero_grad()
+    o16["loss"].backward()
+    assert torch.isfinite(o16["loss"])
+    torch.testing.assert_close(o16["loss"].float(), o32["loss"], rtol=3e-2, atol=3e-2)
+    for name, p in m.named_parameters():
+        if name in g32:
+            assert p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
+    w = m.encoder.stages[0][0].dwconv.weight.grad
+    assert (w - g32["encoder.stages.0.0.dwconv.weight"]).norm() < 0.1 * g32["encoder.stages.0.0.dwconv.weight"].norm()
+
+
 def test_masked_token_heads_equal_full_heads():
     """Computing pixel heads only at masked tokens gives exactly the loss of the full computation."""
     m = _model(tasks="pixel", loss_weighting="unweighted")

@@ -67,6 +67,16 @@ def resolve(op: str, impl: str, device: torch.device) -> str:
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def autocast_params(x: torch.Tensor, *params):
+    """Under autocast, an activation arrives in the autocast dtype while the parameters stay float32:
+    cast the parameters to x's dtype, as autocast does for a conv or linear. Otherwise unchanged, so a
+    plain dtype mismatch still fails with a clear error."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev) and x.dtype == torch.get_autocast_dtype(dev):
+        return tuple(p.to(x.dtype) if isinstance(p, torch.Tensor) and p.is_floating_point() else p for p in params)
+    return params
+
+
 def check_tensor(t, name: str, *, dim: int | None = None, like: torch.Tensor | None = None,
                  shape: tuple | None = None) -> None:
     """Clear Python-side errors for caller mistakes (the C++ checks repeat them for direct op calls)."""

@@ -127,6 +127,7 @@ def grn(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
     else:
         raise ValueError(f"x must be [N, C] (packed), [B, L, C] or [B, H, W, C] (dense), got {tuple(x.shape)}")
     C = x.shape[-1]
+    gamma, beta = _impl.autocast_params(x, gamma, beta)
     for name, t in (("gamma", gamma), ("beta", beta)):
         _impl.check_tensor(t, name, like=x)
         if t.numel() != C:

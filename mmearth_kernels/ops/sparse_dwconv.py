@@ -101,6 +101,7 @@ def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     _impl.check_tensor(x, "x", dim=2)
     _check_rows(x, layout)
     C = x.shape[1]
+    weight, bias = _impl.autocast_params(x, weight, bias)
     _impl.check_tensor(weight, "weight", dim=4, like=x)
     if weight.shape[0] != C or weight.shape[1] != 1:
         raise ValueError(f"weight must have shape [C, 1, K, K] with C = {C} (x's channels), got {tuple(weight.shape)}")
