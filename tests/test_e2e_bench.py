@@ -62,3 +62,14 @@ def test_profile_mode_writes_a_table_and_a_chrome_trace(tmp_path):
 def test_bad_options(argv, match, tmp_path):
     with pytest.raises((SystemExit, ValueError), match=match):
         e2e.main(["--smoke", "--out", str(tmp_path), *argv])
+
+
+def test_minkowski_backend_in_the_grid(tmp_path):
+    from mmearth_kernels.models import minkowski
+
+    if not minkowski.available():
+        pytest.skip("MinkowskiEngine is not installed: run scripts/build_minkowski.sh (CI builds it)")
+    doc = e2e.main(["--smoke", "--no-isolate", "--out", str(tmp_path), "--backends", "dense,minkowski",
+                    "--mask-ratios", "0.6"])
+    me = next(r for r in doc["results"] if r["backend"] == "minkowski")
+    assert me["ms_step"] > 0 and me["speedup_vs_dense"] > 0
