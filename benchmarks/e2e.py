@@ -308,6 +308,12 @@ def markdown(results: list[dict], ctx: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def grid_markdown(results: list[dict], ctx: dict) -> str:
+    """The grid table (scaling-sweep rows left out) and the kept-fraction fits."""
+    md = markdown([r for r in results if not r.get("sweep")], ctx)
+    return md + "\n" + fits_markdown(scaling_fits(results), "Step time against the kept fraction (sparse backends):")
+
+
 def plots(results: list[dict], ctx: dict, stem: str) -> list[str]:
     import matplotlib
 
@@ -332,10 +338,7 @@ def plots(results: list[dict], ctx: dict, stem: str) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"MP-MAE training throughput ({dev})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(stem + "-throughput.png", dpi=90)
-    plt.close(fig)
-    written.append(stem + "-throughput.png")
+    _save(fig, stem + "-throughput.png", written)
 
     mem_rows = [r for r in ok if memory_of(r) is not None]
     if mem_rows:
@@ -352,11 +355,17 @@ def plots(results: list[dict], ctx: dict, stem: str) -> list[str]:
         ax.set_ylabel("peak GPU MiB" if ctx["device"] == "cuda" else "peak RSS above start, MiB")
         ax.legend(fontsize=7)
         ax.set_title(f"Memory per backend ({dev})", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(stem + "-memory.png", dpi=90)
-        plt.close(fig)
-        written.append(stem + "-memory.png")
+        _save(fig, stem + "-memory.png", written)
     return written
+
+
+def _save(fig, path: str, written: list[str]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    written.append(path)
 
 
 def compare(new: list[dict], old_path: str) -> str:
@@ -602,8 +611,7 @@ def main(argv=None) -> dict:
     ratios_to_dense(results)
     doc["results"] = results
     doc["scaling"] = scaling_fits(results)
-    md = markdown([r for r in results if not r.get("sweep")], ctx)
-    md += "\n" + fits_markdown(doc["scaling"], "Step time against the kept fraction (sparse backends):")
+    md = grid_markdown(results, ctx)
     if args.scaling:
         doc["scaling_batch_width"] = batch_width_fits(results)
         md += "\n" + batch_width_markdown(doc["scaling_batch_width"])
@@ -627,8 +635,7 @@ def write_report(path: str) -> dict:
     results = doc["results"]
     ratios_to_dense(results)
     stem = path[:-5] if path.endswith(".json") else path
-    md = markdown([r for r in results if not r.get("sweep")], doc["context"])
-    md += "\n" + fits_markdown(scaling_fits(results), "Step time against the kept fraction (sparse backends):")
+    md = grid_markdown(results, doc["context"])
     with open(stem + ".md", "w") as f:
         f.write(md)
     plots([r for r in results if not r.get("sweep")], doc["context"], stem)
