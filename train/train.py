@@ -229,7 +229,10 @@ def train(cfg: TrainConfig) -> dict:
     steps_per_epoch = max(1, len(ds) // (cfg.batch_size * world) // cfg.accum)
     total = cfg.steps or int(cfg.epochs * steps_per_epoch)
     warmup = cfg.warmup_steps or int(cfg.warmup_epochs * steps_per_epoch)
-    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(0.9, 0.95))
+    # fused on CUDA: one kernel for all ~180 parameter tensors instead of a dozen foreach launches,
+    # which matters because small models at small batch are launch-bound on a GPU
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=peak_lr, betas=(0.9, 0.95),
+                            fused=torch.device(device).type == "cuda")
     step, epoch, position = 0, 0, 0
     if cfg.resume:
         path = os.path.join(cfg.out, "last.pt") if cfg.resume == "auto" else cfg.resume
