@@ -50,6 +50,11 @@ if ! build; then
   tail -n 40 "$OUT_DIR/build.log"; echo "gpu_check: build failed (log: $OUT_DIR/build.log)" >&2; exit 1
 fi
 grep "\[mmearth_kernels setup\]\|host compilers" "$OUT_DIR/build.log"
+so_libs() {  # which C++ runtime and unwinder the extension loads (none listed: linked statically)
+  echo "extension links: $(ldd mmearth_kernels/_C*.so 2>/dev/null | grep -oE "lib(stdc\+\+|gcc_s)[^ ]* => [^ ]*" \
+    | tr '\n' ' ')"
+}
+so_libs
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 stamp "C++ errors reach Python?"
@@ -60,6 +65,7 @@ if ! "$PY" benchmarks/cpp_error_smoke.py; then
     rm -rf build mmearth_kernels/_C*.so
     build /usr/bin/gcc /usr/bin/g++ || { tail -n 40 "$OUT_DIR/build.log"; exit 1; }
     grep "host compilers" "$OUT_DIR/build.log" | tail -n 1
+    so_libs
   fi
   if ! "$PY" benchmarks/cpp_error_smoke.py; then
     echo "gpu_check: C++ errors still crash; tests run in 4 xdist workers so a crash fails one test, not the run"

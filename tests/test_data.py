@@ -305,3 +305,16 @@ def test_bad_arguments(stem):
         MMEarthDataset(stem, crop=80)
     with pytest.raises(ValueError, match="input modality 'biome'"):
         MMEarthDataset(stem, inputs=("biome",))
+
+
+def test_generator_cli_splits(tmp_path, capsys):
+    from train.data.synthetic import main
+
+    main([str(tmp_path), "--tiles", "10", "--size", "16", "--splits", "0.5,0,0.5"])
+    with open(tmp_path / "synthetic_10_16_splits.json") as f:
+        splits = json.load(f)
+    assert (len(splits["train"]), len(splits["val"]), len(splits["test"])) == (5, 0, 5)
+    for bad in ("0.5,0.5", "0.5,x,0.5", "0.9,0.2,0.1"):
+        with pytest.raises(SystemExit):
+            main([str(tmp_path / "bad"), "--tiles", "10", "--size", "16", "--splits", bad])
+        assert "--splits must be" in capsys.readouterr().err

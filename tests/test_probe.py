@@ -76,6 +76,33 @@ def test_probe_on_an_mmearth_file_reports_every_encoder(run):
     assert report["rows"] == {"train": len(y), "val": len(data["val"][1])}
 
 
+def test_elevation_band_is_the_tile_mean_of_valid_elevation():
+    aster = torch.zeros(4, 2, 3, 3)
+    aster[0, 0] = -2.0                              # low
+    aster[1, 0] = 0.1                               # typical
+    aster[2, 0] = 3.0                               # high ...
+    aster[2, 0, 0, :] = float("nan")                # ... whatever the no-data pixels would have been
+    aster[2, 1] = -9.0                              # slope (channel 1) is not elevation
+    aster[3, 0] = float("nan")                      # no elevation at all: unlabelled
+    y = P._labels_from_targets({"aster": aster}, "elevation_band")
+    assert y.tolist() == [0, 1, 2, -1]
+
+
+def test_empty_split_gives_no_rows_and_the_cli_skips_it(run, capsys):
+    stem, ckpt = run  # made with splits (0.6, 0.4, 0.0): no test rows
+    x, y = P.load_mmearth(stem, "dominant_landcover", "test")
+    assert len(x) == 0 and len(y) == 0
+    P.main(["--checkpoint", ckpt, "--data", stem, "--crop", "32", "--no-baseline", "--label", "elevation_band"])
+    out = capsys.readouterr().out
+    assert "rows train 36, val 24" in out and "test" not in out
+
+
+def test_elevation_band_from_an_mmearth_file_uses_every_band(run):
+    stem, _ = run
+    x, y = P.load_mmearth(stem, "elevation_band", "train", crop=32)
+    assert len(y) == len(x) and set(y.tolist()) <= {-1, 0, 1, 2} and len(set(y.tolist()) - {-1}) >= 2
+
+
 def test_cli_on_arrays_with_and_without_split(run, tmp_path, capsys):
     _, ckpt = run
     g = np.random.default_rng(0)

@@ -8,7 +8,9 @@
 Labelled sets:
   * an MMEarth file stem (``.h5`` + json files): the encoder sees the full tile's 12 S2 bands normalised
     exactly as in pretraining; ``--label`` picks the label: ``dominant_landcover`` (the most frequent ESA
-    WorldCover class of the tile: a scene-level label), ``biome`` or ``eco_region``. The probe is fitted
+    WorldCover class of the tile: a scene-level label), ``elevation_band`` (the tile's mean ASTER elevation
+    below -0.5, within, or above +0.5 of the dataset's standardised elevation: not an input, so the encoder
+    must infer it from the scene), ``biome`` or ``eco_region``. The probe is fitted
     on the ``train`` split and scored on ``val`` and ``test``.
   * ``.npz`` or ``.h5`` with ``x`` ``[N, 12, H, W]`` (already normalised like the pretraining input; H a
     multiple of the patch size) and ``y`` ``[N]`` integer labels; optional ``split`` ``[N]`` (0 train,
@@ -35,7 +37,13 @@ from mmearth_kernels.models.convnextv2 import ConvNeXtV2Encoder
 from mmearth_kernels.models.interop import export_dense
 from mmearth_kernels.models.mpmae import MPMAE, TASK_SETS
 
-LABELS = ("dominant_landcover", "biome", "eco_region")
+LABELS = ("dominant_landcover", "elevation_band", "biome", "eco_region")
+# elevation_band: the tile's mean ASTER elevation in units of the dataset's elevation std, cut at
+# -0.5 and +0.5 (lower / typical / higher than the dataset's mean). Elevation is not in the input:
+# it is visible in Sentinel-2 only through vegetation and land cover, which is what the ASTER pretext
+# task teaches the encoder to read.
+ELEVATION_CUTS = (-0.5, 0.5)
+_TARGET_OF = {"dominant_landcover": "esa_worldcover", "elevation_band": "aster"}
 SPLITS = ("train", "val", "test")
 
 
@@ -91,6 +99,12 @@ def _labels_from_targets(batch: dict, label: str) -> torch.Tensor:
         lc = batch["esa_worldcover"].flatten(1)                          # [B, H*W], -1 = no data
         counts = F.one_hot(lc.clamp_min(0), 11).mul_((lc >= 0)[..., None]).sum(1)
         return torch.where(counts.sum(1) > 0, counts.argmax(1), -1)
+    if label == "elevation_band":
+        elev = batch["aster"][:, 0].flatten(1)                            # normalised; NaN = no data
+        valid = elev.isfinite()
+        mean = elev.nan_to_num(0).sum(1) / valid.sum(1).clamp_min(1)
+        band = torch.bucketize(mean, torch.tensor(ELEVATION_CUTS, dtype=mean.dtype))
+        return torch.where(valid.any(1), band, -1)
     y = batch[label]
     if y.dim() == 2:  # the file's one-hot rows
         return torch.where(y.amax(1) > 0, y.long().argmax(1), -1)
@@ -103,7 +117,7 @@ def load_mmearth(stem: str, label: str, split: str, limit: int = 0, crop: int | 
 
     if label not in LABELS:
         raise ValueError(f"--label must be one of {', '.join(LABELS)}, got {label!r}")
-    target = "esa_worldcover" if label == "dominant_landcover" else label
+    target = _TARGET_OF.get(label, label)
     ds = MMEarthDataset(stem, split=split, targets=(target,), crop=crop)  # crop: seeded, one per tile
     n = len(ds) if not limit else min(limit, len(ds))
     xs, ys = [], []
@@ -112,6 +126,8 @@ def load_mmearth(stem: str, label: str, split: str, limit: int = 0, crop: int | 
         batch = {k: torch.stack([it[k] for it in items]) for k in ("input", target)}
         xs.append(batch["input"])
         ys.append(_labels_from_targets(batch, label))
+    if not xs:  # an empty split (e.g. a probe set made with --splits 0.5,0,0.5 has no val rows)
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
     return torch.cat(xs), torch.cat(ys)
 
 

@@ -243,10 +243,19 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0, help="random seed (same seed, same files)")
     ap.add_argument("--stem", default=None, help="file stem (default synthetic_<tiles>_<size>)")
     ap.add_argument("--gzip", type=int, default=4, choices=range(0, 10), metavar="0-9", help="gzip level")
+    ap.add_argument("--splits", default="0.9,0.05,0.05", help="train,val,test fractions (a labelled probe set: "
+                                                               "e.g. 0.5,0,0.5)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same stem")
     args = ap.parse_args(argv)
     try:
-        write_dataset(args.out_dir, args.tiles, args.size, args.seed, args.stem, args.overwrite, args.gzip)
+        splits = tuple(float(v) for v in args.splits.split(","))
+    except ValueError:
+        ap.error(f"--splits must be three comma-separated fractions, got {args.splits!r}")
+    if len(splits) != 3 or min(splits) < 0 or abs(sum(splits) - 1) > 1e-6:
+        ap.error(f"--splits must be three non-negative fractions summing to 1, got {args.splits!r}")
+    try:
+        write_dataset(args.out_dir, args.tiles, args.size, args.seed, args.stem, args.overwrite, args.gzip,
+                      splits=splits)
     except (FileExistsError, ValueError) as e:
         ap.exit(2, f"error: {e}\n")
 
