@@ -504,8 +504,11 @@ def quick_grid(device: str) -> dict:
         # Batch 256, bf16 (the trainer's GPU default): on an H200 at batch 64 an atto step took 53 ms
         # for well under 1 ms of arithmetic, i.e. it timed launches and Python, not the encoder
         # (benchmarks/results/e2e-nvidia-h200-2026-11-28.md). fp32 is one --precisions away.
-        return dict(backends="dense,dense-compiled,sparse,sparse-compiled", sizes="atto,tiny", geometries="56/8",
-                    mask_ratios="0.6", precisions="bf16", batch=256)
+        # sparse = impl "auto" = Triton on CUDA; sparse-cuda beside it says which kernels to prefer
+        backends = ["dense", "dense-compiled", "sparse", "sparse-cuda", "sparse-compiled"]
+        have = available_backends(device)
+        return dict(backends=",".join(b for b in backends if b in have), sizes="atto,tiny",
+                    geometries="56/8", mask_ratios="0.6", precisions="bf16", batch=256)
     return dict(backends="dense,sparse", sizes="atto", geometries="56/8", mask_ratios="0,0.4,0.6,0.75",
                 precisions="fp32", batch=32)
 

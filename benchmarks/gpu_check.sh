@@ -7,13 +7,14 @@
 #   3. run the tests: the CUDA and Triton cases first, then the CPU ones (slowest listed),
 #   4. kernel benchmarks on the GPU, the quick slice: bf16, fwd+bwd, every impl and dense baseline
 #      (incl. torch.compile'd GRN) on the atto and tiny stage shapes; JSON and a GB/s table,
-#   5. a profile of one dense and one sparse atto training step (kernel time vs wall time),
+#   5. a profile of one atto training step each: dense, sparse (Triton), sparse (CUDA kernels);
+#      summed kernel time vs wall time says whether a step is launch-bound,
 #   6. the quick end-to-end training-step grid (python -m benchmarks.e2e: atto and tiny, 56/8,
-#      mask 0.6, bf16, batch 256; dense, sparse, then their compiled variants).
-# Every phase has a time box inside one deadline (MMEARTH_GPU_CHECK_DEADLINE, default 540 s from the
+#      mask 0.6, bf16, batch 256; dense, sparse (Triton), sparse-cuda, then the compiled variants).
+# Every phase has a time box inside one deadline (MMEARTH_GPU_CHECK_DEADLINE, default 560 s from the
 # start), so the whole check fits one 10-minute device call and a phase that runs long keeps what it
 # finished (the e2e JSON is rewritten after each case). Phase caps: MMEARTH_GPU_CHECK_TESTS_TIMEOUT
-# (150 s), MMEARTH_GPU_CHECK_BENCH_TIMEOUT (100 s), the profile 70 s; the e2e grid gets the rest.
+# (150 s), MMEARTH_GPU_CHECK_BENCH_TIMEOUT (100 s), the profile 90 s; the e2e grid gets the rest.
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]     (default: $OUT if set, else benchmarks/results)
 # When OUT_DIR is the device tool's $OUT (at most 8 files come back), everything is also packed into
 # gpu_check.tgz and only the tarball, the tables and the JSON summaries are left beside it.
@@ -36,7 +37,7 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   echo "gpu_check: DRY RUN on a machine without a GPU (plumbing only)"
 fi
 
-DEADLINE=$(( t0 + ${MMEARTH_GPU_CHECK_DEADLINE:-540} ))
+DEADLINE=$(( t0 + ${MMEARTH_GPU_CHECK_DEADLINE:-560} ))
 # box CAP: the smaller of CAP seconds and what is left before the deadline (at least 1)
 box() { local left=$(( DEADLINE - $(date +%s) )); [ "$left" -lt "$1" ] && echo $(( left > 1 ? left : 1 )) || echo "$1"; }
 
@@ -116,7 +117,7 @@ cat "$OUT_DIR/$NAME.md"
 stamp "profile: where a training step's time goes (dense vs sparse, atto, bf16, batch 256)"
 # wall ms per step vs summed kernel ms says whether the step is launch-bound or kernel-bound
 if [ "$DRY" != "1" ] || [ -n "$COPY_GBS" ]; then
-  timeout -s INT -k 20 "$(box 70)" "$PY" -m benchmarks.e2e --profile --backends dense,sparse --sizes atto \
+  timeout -s INT -k 20 "$(box 90)" "$PY" -m benchmarks.e2e --profile --backends dense,sparse,sparse-cuda --sizes atto \
     --precisions bf16 --batch 256 --out "$OUT_DIR" --name "$NAME-e2e" > "$OUT_DIR/profile.log" 2>&1
   grep -E "^Profile|^\| (category|[a-z])" "$OUT_DIR/profile.log" | head -n 30
 fi
