@@ -1,4 +1,4 @@
-"""The kernel demo (README command 1, for now) runs and its correctness checks pass."""
+"""The kernel demo (`python -m mmearth_kernels.demo`) runs and its correctness checks pass."""
 
 from mmearth_kernels import demo
 

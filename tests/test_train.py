@@ -74,7 +74,7 @@ def test_non_finite_loss_stops_with_a_clear_message(stem, tmp_path):
 
 def test_cli_presets_and_overrides():
     cfg = parse_config(["--preset", "demo", "--batch-size", "8", "--no-progress"])
-    assert cfg.model == "atto" and cfg.steps == 240 and cfg.batch_size == 8 and cfg.progress is False
+    assert cfg.model == "atto" and cfg.steps == 200 and cfg.batch_size == 8 and cfg.progress is False
     assert parse_config(["--preset", "mmearth-atto-112"]).crop == 112
     with pytest.raises(SystemExit):
         parse_config(["--preset", "nope"])
