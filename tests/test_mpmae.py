@@ -182,6 +182,8 @@ def test_task_sets_and_sizes():
     (dict(decoder="unet"), "decoder must be"),
     (dict(loss_weighting="gradnorm"), "loss_weighting must be"),
     (dict(nodata="drop"), "nodata must be"),
+    (dict(decoder_dim=0), "decoder_dim must be a positive int"),
+    (dict(decoder_dim=-3), "decoder_dim must be a positive int"),
 ])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -69,8 +69,8 @@ def encoder_from_checkpoint(path: str, img_size: int, random_init: bool = False)
         torch.manual_seed(cfg["seed"])  # rank 0's seed: the weights the run started from
         tasks = cfg["tasks"]
         start = MPMAE(cfg["model"], img_size=cfg["crop"], patch_size=cfg["patch_size"], decoder=cfg["decoder"],
-                      decoder_dim=cfg.get("decoder_dim", 512), tasks=tasks if tasks in TASK_SETS else tuple(tasks.split(",")),
-                      init=cfg["init"], backend="dense")
+                      decoder_dim=cfg.get("decoder_dim", 512),  # checkpoints before --decoder-dim: 512
+                      tasks=tasks if tasks in TASK_SETS else tuple(tasks.split(",")), init=cfg["init"], backend="dense")
         state = {k[len("encoder."):]: v for k, v in start.state_dict().items() if k.startswith("encoder.")}
     else:
         state = {k[len("encoder."):]: v for k, v in ck["model"].items() if k.startswith("encoder.")}

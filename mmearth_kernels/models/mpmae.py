@@ -58,6 +58,8 @@ class MPMAE(nn.Module):
             raise ValueError(f"loss_weighting must be 'uncertainty' or 'unweighted', got {loss_weighting!r}")
         if nodata not in ("zero", "ignore"):
             raise ValueError(f"nodata must be 'zero' or 'ignore', got {nodata!r}")
+        if isinstance(decoder_dim, bool) or not isinstance(decoder_dim, int) or decoder_dim < 1:
+            raise ValueError(f"decoder_dim must be a positive int (512 as released), got {decoder_dim!r}")
         self.tasks = resolve_tasks(tasks)
         self.encoder = ConvNeXtV2Encoder(size, in_chans=in_chans, img_size=img_size, patch_size=patch_size, stem=stem,
                                          backend=backend, grn_stats=grn_stats, impl=impl)

@@ -219,15 +219,13 @@ def write_dataset(out_dir: str, tiles: int = 2000, size: int = 64, seed: int = 0
             # Generate block i + 1 in a thread while block i is compressed and written (numpy and HDF5 both
             # release the GIL for most of it): about a quarter less time on 2 cores. One thread draws all the
             # blocks in order, so the files are identical to a sequential run.
-            starts = list(range(0, tiles, batch))
+            blocks = [(s, min(batch, tiles - s)) for s in range(0, tiles, batch)]
             with ThreadPoolExecutor(1) as pool:
-                pending = pool.submit(generate_batch, rng, 0, min(batch, tiles), size)
-                for i, start in enumerate(tqdm(starts, desc=f"[synthetic] {stem}", unit="block", disable=quiet)):
-                    n = min(batch, tiles - start)
+                pending = pool.submit(generate_batch, rng, *blocks[0], size)
+                for i, (start, n) in enumerate(tqdm(blocks, desc=f"[synthetic] {stem}", unit="block", disable=quiet)):
                     data = pending.result()
-                    if i + 1 < len(starts):
-                        nxt = starts[i + 1]
-                        pending = pool.submit(generate_batch, rng, nxt, min(batch, tiles - nxt), size)
+                    if i + 1 < len(blocks):
+                        pending = pool.submit(generate_batch, rng, *blocks[i + 1], size)
                     _write_block(dsets, data, start, n, tile_info)
                     if stats_sample is None:  # statistics from the first block (upstream samples 100k rows)
                         stats_sample = data
