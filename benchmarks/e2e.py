@@ -145,7 +145,7 @@ def build(case: Case, device: str):
     model = MPMAE(case.size, img_size=img, patch_size=patch, tasks=case.tasks, mask_ratio=case.mask_ratio,
                   backend=kind, impl=impl, init="standard").to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
-                            fused=device == "cuda")  # as the trainer
+                            fused=True)  # as the trainer
     net = torch.compile(model) if compiled else model
     x, targets = synthetic_batch(case.batch, img, model.tasks, device)
     g = torch.Generator().manual_seed(1)
