@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .host_sync import host_only
+
 
 @dataclass(frozen=True)
 class SparseLayout:
@@ -84,12 +86,13 @@ def build_layout(mask: torch.Tensor, resolution: int | tuple[int, int], kept_per
         raise ValueError(f"kept_per_sample must be in [0, {gh * gw}], got {kept_per_sample}")
     if mask.device.type == "cpu" and not torch.compiler.is_compiling():
         # Cheap on the host; on a GPU this would be a sync, so there it is the caller's promise.
-        kept = (~mask).flatten(1).sum(1)
-        bad = (kept != kept_per_sample).nonzero()
-        if bad.numel():
-            b = int(bad[0, 0])
-            raise ValueError(f"kept_per_sample={kept_per_sample} but sample {b} of the mask keeps "
-                             f"{int(kept[b])} patches; pass kept_per_sample=None for masks with varying counts")
+        with host_only("kept_per_sample check: CPU masks only"):
+            kept = (~mask).flatten(1).sum(1)
+            bad = (kept != kept_per_sample).nonzero()
+            if bad.numel():
+                b = int(bad[0, 0])
+                raise ValueError(f"kept_per_sample={kept_per_sample} but sample {b} of the mask keeps "
+                                 f"{int(kept[b])} patches; pass kept_per_sample=None for masks with varying counts")
     return layout_from_active(active, rows_per_sample=kept_per_sample * bh * bw)
 
 

@@ -122,3 +122,24 @@ def atto_stage_shapes(batch: int = 64):
 
 def tiny_stage_shapes(batch: int = 64):
     return [(56, 96), (28, 192), (14, 384), (7, 768)]
+
+
+def training_batch(batch: int, img: int, tasks, device="cpu", seed: int = 0) -> dict[str, torch.Tensor]:
+    """An MP-MAE micro-batch in the shapes and dtypes ``train.data`` yields (``input`` and every task's
+    target, some pixel targets no-data), for tests and the end-to-end benchmark; add a ``mask`` to step."""
+    from .models.mpmae import CLASS_TASKS, IMAGE_TASKS, PIXEL_TASKS
+
+    g = torch.Generator().manual_seed(seed)
+    out = {"input": torch.randn(batch, 12, img, img, generator=g)}
+    for name in tasks:
+        if name in CLASS_TASKS and name in PIXEL_TASKS:
+            out[name] = torch.randint(-1, PIXEL_TASKS[name], (batch, img, img), generator=g)
+        elif name in PIXEL_TASKS:
+            v = torch.randn(batch, PIXEL_TASKS[name], img, img, generator=g)
+            v[:, :, : img // 8] = float("nan")
+            out[name] = v
+        elif name in CLASS_TASKS:
+            out[name] = torch.randint(0, IMAGE_TASKS[name], (batch,), generator=g)
+        else:
+            out[name] = torch.randn(batch, IMAGE_TASKS[name], generator=g)
+    return {k: v.to(device) for k, v in out.items()}

@@ -14,34 +14,51 @@ def test_linear_fit_recovers_a_line():
     assert fit["intercept"] == pytest.approx(10) and fit["slope"] == pytest.approx(20) and fit["r2"] == 1
 
 
-@pytest.mark.parametrize("name, want", [("dense", ("dense", "auto", False)),
-                                        ("sparse-cpu", ("sparse", "cpu", False)),
-                                        ("sparse-compiled", ("sparse", "auto", True)),
-                                        ("minkowski", ("minkowski", "auto", False))])
+@pytest.mark.parametrize("name, want", [("dense", ("dense", "auto", False, False)),
+                                        ("dense-plain", ("dense-plain", "auto", False, False)),
+                                        ("sparse-cpu", ("sparse", "cpu", False, False)),
+                                        ("sparse-compiled", ("sparse", "auto", True, False)),
+                                        ("dense-plain-compiled-graphed", ("dense-plain", "auto", True, True)),
+                                        ("sparse-cuda-graphed", ("sparse", "cuda", False, True)),
+                                        ("minkowski", ("minkowski", "auto", False, False))])
 def test_backend_names(name, want):
-    assert e2e.parse_backend(name) == want
+    assert tuple(e2e.parse_backend(name)) == want
 
 
 def test_smoke_grid_writes_json_markdown_plots_and_compares(tmp_path):
-    args = ["--smoke", "--out", str(tmp_path), "--name", "a", "--backends", "dense,sparse", "--mask-ratios", "0,0.6",
-            "--no-isolate"]
+    args = ["--smoke", "--out", str(tmp_path), "--name", "a", "--backends", "dense,dense-plain,sparse,sparse-graphed",
+            "--mask-ratios", "0,0.6", "--no-isolate"]
     doc = e2e.main(args)
     ctx = doc["context"]
-    assert ctx["device"] == "cpu" and ctx["torch"] and ctx["git"] and ctx["options"]["batch"] == 2
+    assert ctx["device"] == "cpu" and ctx["torch"] and ctx["git"] and ctx["options"]["batch"] == "2"
     rows = doc["results"]
-    assert len(rows) == 4 and all(r["ms_step"] > 0 and r["img_s"] > 0 for r in rows)
-    for r in rows:  # every ratio is against dense at the same mask ratio, from this run
-        dense = next(d for d in rows if d["backend"] == "dense" and d["mask_ratio"] == r["mask_ratio"])
-        assert r["speedup_vs_dense"] == pytest.approx(dense["ms_step"] / r["ms_step"])
+    timed = [r for r in rows if "ms_step" in r]
+    assert len(rows) == 8 and len(timed) == 6 and all(r["ms_step"] > 0 and r["img_s"] > 0 for r in timed)
+    # CUDA graphs cannot run here: listed, with the reason, not silently dropped
+    assert [r["skipped"] for r in rows if "skipped" in r] == ["CUDA graphs need a CUDA device"] * 2
+    for r in timed:  # every ratio is against the baseline at the same mask ratio, from this run
+        for base in ("dense", "dense-plain"):
+            ref = next(d for d in timed if d["backend"] == base and d["mask_ratio"] == r["mask_ratio"])
+            if r is not ref:
+                assert r[f"speedup_vs_{base}_same_mode"] == pytest.approx(ref["ms_step"] / r["ms_step"])
+        # custom ops: GRN forward + backward in the dense decoder block; sparse adds the 12 encoder blocks' dwconv
+        # and GRN, forward and backward
+        assert r["ops_per_step"] > 100 and r["custom_ops_per_step"] == (2 if r["backend"].startswith("dense") else 50)
+    sparse, dense = (next(r for r in timed if r["backend"] == b and r["mask_ratio"] == 0.6) for b in ("sparse", "dense"))
+    assert sparse["ops_per_step"] <= dense["ops_per_step"], (sparse["ops_per_step"], dense["ops_per_step"])
+    host = {r["backend"]: r for r in doc["host_cost"]}
+    assert set(host) == {"dense", "dense-plain", "sparse"} and all(r["host_ms_b1"] > 0 for r in host.values())
     assert [f["backend"] for f in doc["scaling"]] == ["sparse"] and doc["scaling"][0]["points"] == 2
     for suffix in (".json", ".md", "-throughput.png"):
         assert os.path.getsize(tmp_path / f"a{suffix}") > 0
     assert json.load(open(tmp_path / "a.json"))["results"][0]["backend"] in ("dense", "sparse")
     md = open(tmp_path / "a.md").read()
     assert "| atto | 56/8 | fp32 | 2 | 0.6 | sparse |" in md and "python -m benchmarks.e2e" in md
+    assert "| atto | 56/8 | fp32 | 2 | 0.6 | sparse-graphed | skipped: CUDA graphs need a CUDA device |" in md
+    assert "host ms/step at batch 1" in md
 
     doc2 = e2e.main(["--smoke", "--out", str(tmp_path), "--name", "b", "--backends", "sparse", "--mask-ratios", "0.6",
-                     "--compare", str(tmp_path / "a.json")])  # isolated (the CPU default): peak RSS measured
+                     "--no-host-cost", "--compare", str(tmp_path / "a.json")])  # isolated (the CPU default): RSS
     assert doc2["results"][0]["peak_rss_mib"] > 0
     assert "new/old time" in open(tmp_path / "b.md").read()
 
@@ -58,6 +75,7 @@ def test_profile_mode_writes_a_table_and_a_chrome_trace(tmp_path):
 @pytest.mark.parametrize("argv, match", [(["--backends", "nope"], "unknown backend"),
                                          (["--geometries", "64/8"], "not one of"),
                                          (["--precisions", "fp16"], "not one of"),
+                                         (["--batch", "0"], "positive integers"),
                                          (["--mask-ratios", "1.0"], r"\[0, 1\)")])
 def test_bad_options(argv, match, tmp_path):
     with pytest.raises((SystemExit, ValueError), match=match):

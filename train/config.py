@@ -23,12 +23,14 @@ class TrainConfig:
     data_dir: str = _f("~/.cache/mmearth-kernels/demo-data", "where the demo's synthetic data and cache are made")
     cache: bool = _f(True, "read through the uncompressed cache (built on first use next to the data)")
     crop: int = _f(56, "random crop side (64 -> 56, 128 -> 112)")
-    workers: int = _f(0, "DataLoader worker processes (0: load in the training process)")
+    workers: int = _f(-1, "DataLoader worker processes: -1 = auto (0 on CPU; on GPU the process's CPUs minus one, at "
+                          "most 8, pinned memory), 0 = load in the training process")
     # model
     model: str = _f("atto", "ConvNeXt V2 size: atto, femto, pico, nano, tiny, base, large, huge")
     patch_size: int = _f(8, "mask patch size in pixels (8 at 56 px, 16 at 112 px)")
     tasks: str = _f("all", "pretext tasks: all, s2, pixel, image, or a comma-separated list")
-    backend: str = _f("sparse", "encoder backend: dense, sparse, minkowski")
+    backend: str = _f("sparse", "encoder backend: dense (exact masked emulation), sparse, minkowski, dense-plain (only the input "
+                                   "masked, as upstream --sparse False: not equivalent, the cheapest dense baseline)")
     impl: str = _f("auto", "kernel implementation: auto, ref, cpu, cuda, triton")
     grn_stats: str = _f("per_sample", "GRN statistics: per_sample (paper/JAX) or batch (released code)")
     decoder: str = _f("shared", "decoder: shared (one block for all tasks, as released) or per_task")
@@ -49,6 +51,9 @@ class TrainConfig:
     clip_grad: float = _f(0.0, "gradient-norm clipping (0 = off, as upstream)")
     precision: str = _f("auto", "auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16")
     compile: bool = _f(False, "torch.compile the model")
+    cuda_graphs: bool = _f(False, "capture the whole training step (forward, backward, optimiser, accumulation) as "
+                                  "CUDA graphs after 3 eager warm-up steps and replay them (GPU, one process; on CPU "
+                                  "it is skipped with a message)")
     channels_last: bool = _f(False, "channels_last memory format for the model and input (dense backend on GPU)")
     seed: int = _f(0, "random seed (each rank adds its rank)")
     device: str = _f("auto", "auto, cpu or cuda")

@@ -7,6 +7,10 @@
   ops: submanifold 3x3 stem conv and strided convs as gathers + GEMM, ``sparse_dwconv2d`` and
   ``grn`` kernels; densified into an explicitly shaped ``[B, C, g, g]``.
 * ``backend="minkowski"``: the upstream engine (optional; :mod:`.minkowski`).
+* ``backend="dense-plain"``: a plain ConvNeXt V2 with only the input masked, as upstream's
+  ``--sparse False``. **Not** equivalent to the others (masked sites fill up after the first
+  spatial op and enter every GRN statistic); it is the cheapest dense step, the baseline a user
+  would pick instead of a sparse encoder.
 
 Both read the same parameters (``state_dict`` keys do not depend on the backend), so a model can
 be switched at runtime: ``model.backend = "dense"``.
@@ -37,7 +41,7 @@ SIZES = {
     "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
     "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816)),
 }
-BACKENDS = ("dense", "sparse", "minkowski")
+BACKENDS = ("dense", "sparse", "minkowski", "dense-plain")
 STEMS = ("mmearth", "original")
 GRN_STATS = ("per_sample", "batch")
 LN_EPS = 1e-6
@@ -95,6 +99,17 @@ class Downsample(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(cin, eps=LN_EPS)
         self.conv = nn.Conv2d(cin, cout, 2, stride=2)
+
+
+def grn_dense(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, stats: str = "per_sample",
+              eps: float = 1e-6) -> torch.Tensor:
+    """GRN on ``[B, H, W, C]`` in plain PyTorch, as the dense ConvNeXt V2 computes it (sites that must not
+    count are zero, so they add nothing to the L2 norm): the dense backends' GRN, what a user without this
+    library runs. ``stats="batch"`` pools over the whole batch (the released MinkowskiGRN)."""
+    gx = torch.linalg.vector_norm(y, dim=(1, 2) if stats == "per_sample" else (0, 1, 2), keepdim=True)
+    nx = gx / (gx.mean(dim=-1, keepdim=True) + eps)
+    gamma, beta = gamma.to(y.dtype), beta.to(y.dtype)
+    return gamma * (y * nx) + beta + y
 
 
 def _ln_cf(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
@@ -179,8 +194,8 @@ class ConvNeXtV2Encoder(nn.Module):
         if mask.dim() != 3 or tuple(mask.shape) != (B, g, g):
             raise ValueError(f"mask must be [B, {g}, {g}] (img_size / patch_size = {g}), got {tuple(mask.shape)}")
         mask = mask.bool()
-        if self.backend == "dense":
-            return self._forward_dense(x, mask)
+        if self.backend in ("dense", "dense-plain"):
+            return self._forward_dense(x, mask, remask=self.backend == "dense")
         if self.backend == "minkowski":
             from . import minkowski
 
@@ -191,32 +206,38 @@ class ConvNeXtV2Encoder(nn.Module):
         r = res // self.grid
         return (~mask).repeat_interleave(r, 1).repeat_interleave(r, 2)[:, None].to(dtype)
 
-    def _forward_dense(self, x, mask):
+    def _forward_dense(self, x, mask, remask: bool = True):
+        """The full map, channels_last. ``remask``: FCMAE's exact emulation (the mask re-applied after every
+        spatial op, GRN statistics over active sites); False: ``dense-plain``, only the input masked."""
         g = self.grid
         a_in = self._active(mask, self.img_size, x.dtype)
-        a = [self._active(mask, g * 8 >> i, x.dtype).contiguous(memory_format=torch.channels_last) for i in range(4)]
         x = (x * a_in).contiguous(memory_format=torch.channels_last)  # masked pixels are absent from the start
+        if remask:
+            a = [self._active(mask, g * 8 >> i, x.dtype).contiguous(memory_format=torch.channels_last)
+                 for i in range(4)]
+        else:
+            a_in, a = None, [None] * 4
+
+        def m(t, act):  # re-mask (exact emulation) or not (plain)
+            return t if act is None else t * act
+
         st = self.stem
         if st.kind == "mmearth":
-            x = st.conv(x) * a_in
-            x = F.gelu(_ln_cf(x, st.norm1)) * a_in
-            x = _ln_cf(st.dwconv(x), st.norm2) * a[0]
+            x = m(st.conv(x), a_in)
+            x = m(F.gelu(_ln_cf(x, st.norm1)), a_in)
+            x = m(_ln_cf(st.dwconv(x), st.norm2), a[0])
         else:
-            x = _ln_cf(st.conv(x), st.norm) * a[0]
+            x = m(_ln_cf(st.conv(x), st.norm), a[0])
         for i in range(4):
             if i > 0:
                 ds = self.downsample[i]
-                x = ds.conv(_ln_cf(x, ds.norm) * a[i - 1]) * a[i]
-            nhwc_mask = a[i].permute(0, 2, 3, 1)
-
-            def grn_dense(y, blk_grn, m=nhwc_mask):
-                # statistics over active sites only: masked rows (GELU of the bias) are zeroed first
-                return grn(y * m, blk_grn.gamma, blk_grn.beta, stats=self.grn_stats, impl="ref")
-
+                x = m(ds.conv(m(_ln_cf(x, ds.norm), a[i - 1])), a[i])
+            nhwc = None if a[i] is None else a[i].permute(0, 2, 3, 1)
             for blk in self.stages[i]:
                 y = blk.dwconv(x).permute(0, 2, 3, 1)          # input already zero at masked sites
-                y = blk.mlp(y, lambda t, b=blk: grn_dense(t, b.grn))
-                x = x + y.permute(0, 3, 1, 2) * a[i]
+                # GRN statistics over active sites only: masked rows (GELU of the bias) are zeroed first
+                y = blk.mlp(y, lambda t, b=blk, mk=nhwc: grn_dense(m(t, mk), b.grn.gamma, b.grn.beta, self.grn_stats))
+                x = x + m(y.permute(0, 3, 1, 2), a[i])
         return x
 
     def layouts(self, mask: torch.Tensor, kept: int | None):

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import torch
 
-from .modalities import CLASS_COUNTS, MODALITIES, PIXEL_TASKS, dw_lookup, esa_lookup, used_channels
+from .modalities import MODALITIES, dw_lookup, esa_lookup, used_channels
 
 ALL_TASKS = tuple(MODALITIES)
 
@@ -90,7 +90,10 @@ def normalize_batch(raw: dict[str, torch.Tensor], l2a: torch.Tensor, stats: dict
                 out[name] = v
                 out[name + "_valid"] = ~bad
         elif m.kind == "classes":
-            lut = torch.as_tensor(dw_lookup() if name == "dynamic_world" else esa_lookup(), device=dev)
+            lut = stats.get("lut_" + name)
+            if lut is None:
+                lut = dw_lookup() if name == "dynamic_world" else esa_lookup()
+            lut = torch.as_tensor(lut, device=dev)
             out[name] = lut[x[:, 0].long()]  # [B, H, W] int64, -1 = no data
         else:  # one-hot -> class index; an all-zero or no-data row -> -1
             xi = x.long()
@@ -100,6 +103,15 @@ def normalize_batch(raw: dict[str, torch.Tensor], l2a: torch.Tensor, stats: dict
     # The encoder input: its own tensor (never a view of a target), no NaN/inf.
     if inputs:
         out["input"] = torch.cat([torch.nan_to_num(dense[n], nan=0.0, posinf=0.0, neginf=0.0) for n in inputs], dim=1)
+    return out
+
+
+def device_stats(stats: dict, device) -> dict:
+    """The statistics and class lookup tables as tensors on ``device``, once: :func:`normalize_batch` on a
+    GPU then copies nothing from the host per batch."""
+    out = {k: tuple(torch.as_tensor(a, device=device) for a in v) for k, v in stats.items()}
+    out["lut_dynamic_world"] = torch.as_tensor(dw_lookup(), device=device)
+    out["lut_esa_worldcover"] = torch.as_tensor(esa_lookup(), device=device)
     return out
 
 
