@@ -1,25 +1,25 @@
 #!/usr/bin/env bash
-# The one-command GPU check, for a lent H100/H200 (torch + triton preinstalled, no network, nvcc present):
+# The one-command GPU check, for a lent H100/H200 (torch + triton preinstalled, no network, nvcc present).
+# Phases, most decision-relevant first (a phase that runs out of time keeps what it finished):
 #   1. build the extension in place for the visible GPU, then check that a C++ error raised inside
 #      it reaches Python (benchmarks/cpp_error_smoke.py); if it crashes the process instead, rebuild
 #      once with the system compiler (/usr/bin/gcc, g++) and say which build is used,
-#   2. print the device and versions, measure copy bandwidth once,
-#   3. run the tests: the CUDA and Triton cases first, then the CPU ones (slowest listed),
-#   4. kernel benchmarks on the GPU, the quick slice: bf16, fwd+bwd, every impl and dense baseline
-#      (incl. torch.compile'd GRN) on the atto and tiny stage shapes; JSON and a GB/s table,
-#   5. a profile of one atto training step each: dense, sparse (Triton), sparse (CUDA kernels);
-#      summed kernel time vs wall time says whether a step is launch-bound,
-#   6. the quick end-to-end training-step grid (python -m benchmarks.e2e: atto and tiny, 56/8,
-#      mask 0.6, bf16, batch 256; dense, sparse (Triton), sparse-cuda, then the compiled variants).
+#   2. device and versions, copy bandwidth,
+#   3. the end-to-end training step, graphed against graphed (python -m benchmarks.e2e: atto and tiny,
+#      56/8, mask 0.6, bf16, batch 256; sparse (Triton), dense, dense-plain, sparse (CUDA kernels) as
+#      whole-step CUDA graphs, then the same eagerly); every case also records kernels and host launch
+#      calls per step and summed kernel time from a profiler trace, so wall time / kernel time says
+#      how launch-bound each step still is,
+#   4. the CUDA and Triton tests, the CUDA-graph step tests first (graphed = eager, capture errors),
+#   5. atto at batch 1024, graphed, and the compiled-graphed variants at batch 256,
+#   6. kernel benchmarks (bf16 fwd+bwd slice) and the CPU tests under this machine's toolchain.
 # Every phase has a time box inside one deadline (MMEARTH_GPU_CHECK_DEADLINE, default 560 s from the
-# start), so the whole check fits one 10-minute device call and a phase that runs long keeps what it
-# finished (the e2e JSON is rewritten after each case). Phase caps: MMEARTH_GPU_CHECK_TESTS_TIMEOUT
-# (150 s), MMEARTH_GPU_CHECK_BENCH_TIMEOUT (100 s), the profile 90 s; the e2e grid gets the rest.
+# start), so the whole check fits one 10-minute device call; the e2e JSON is rewritten after each case.
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]     (default: $OUT if set, else benchmarks/results)
 # When OUT_DIR is the device tool's $OUT (at most 8 files come back), everything is also packed into
 # gpu_check.tgz and only the tarball, the tables and the JSON summaries are left beside it.
 # MMEARTH_GPU_CHECK_DRY_RUN=1 runs the plumbing on a CPU box (tests as usual, benchmarks in smoke
-# mode) to check the script itself before a GPU session.
+# mode) to check the script itself before a GPU session; MMEARTH_GPU_CHECK_SKIP_BUILD=1 reuses the build there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-benchmarks/results}}"
@@ -47,7 +47,9 @@ build() {  # build [CC CXX]: in-place build, log appended to build.log
     MAX_JOBS="${MAX_JOBS:-16}" "$PY" setup.py build_ext --inplace ) >> "$OUT_DIR/build.log" 2>&1
 }
 stamp "build"
-if ! build; then
+if [ "${MMEARTH_GPU_CHECK_SKIP_BUILD:-0}" = "1" ]; then  # dry runs: reuse the build that is there
+  echo "gpu_check: MMEARTH_GPU_CHECK_SKIP_BUILD=1, using the existing build" >> "$OUT_DIR/build.log"
+elif ! build; then
   tail -n 40 "$OUT_DIR/build.log"; echo "gpu_check: build failed (log: $OUT_DIR/build.log)" >&2; exit 1
 fi
 grep "\[mmearth_kernels setup\]\|host compilers" "$OUT_DIR/build.log"
@@ -82,60 +84,68 @@ GPU=$("$PY" -c "import json; g = json.load(open('$OUT_DIR/env.json'))['gpu'] or 
 print(''.join(c if c.isalnum() else '-' for c in g.lower()).strip('-'))")
 NAME="$GPU-$(date +%F)"
 
-stamp "tests: first the CUDA and Triton cases (they run only here), then the rest"
-# The rest is what CI runs too, but under this machine's torch, compiler and libraries: the crash
-# of 2026-11-28 was found by a CPU test. Together capped by MMEARTH_GPU_CHECK_TESTS_TIMEOUT.
-T_TESTS=$(box "${MMEARTH_GPU_CHECK_TESTS_TIMEOUT:-150}"); t_tests=$(date +%s)
-PYTEST=("$PY" -m pytest tests -q -p no:cacheprovider -rfEs --durations=10 "${crash_isolation[@]}")
-timeout -s INT -k 20 $(( T_TESTS * 2 / 3 )) "${PYTEST[@]}" -k "cuda or triton" 2>&1 | tee "$OUT_DIR/tests.log" | tail -n 30
+PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rfEs --durations=10 "${crash_isolation[@]}")
+e2e() {  # e2e NAME CAP ARGS...: one grid into $NAME-e2e-<suffix>.{json,md}; a timeout still reports
+  local suffix="$1" cap="$2"; shift 2
+  local stem="$OUT_DIR/$NAME-e2e-$suffix" rc=0
+  local args=(--out "$OUT_DIR" --name "$NAME-e2e-$suffix" --no-host-cost "$@")
+  if [ "$DRY" = "1" ] && [ -z "$COPY_GBS" ]; then args+=(--smoke --no-isolate --device cpu); fi
+  timeout -s INT -k 20 "$(box "$cap")" "$PY" -m benchmarks.e2e "${args[@]}" > "$stem.log" 2>&1 || rc=$?
+  if [ "$rc" != 0 ] && [ -f "$stem.json" ]; then
+    echo "gpu_check: e2e $suffix exited $rc; reporting the cases it finished"
+    "$PY" -m benchmarks.e2e --report "$stem.json" > /dev/null 2>&1
+  fi
+  grep -E "^\| (model|atto|tiny)" "$stem.md" 2>/dev/null || tail -n 15 "$stem.log"
+  [ "$rc" = 0 ] || e2e_rc=$rc
+}
+e2e_rc=0
+G256=(--sizes atto,tiny --geometries 56/8 --mask-ratios 0.6 --precisions bf16 --batch 256)
+
+stamp "e2e: graphed sparse vs graphed dense (atto, tiny; bf16, batch 256), then eager"
+e2e b256 240 "${G256[@]}" --backends sparse-graphed,dense-graphed,dense-plain-graphed,sparse-cuda-graphed,sparse,dense,dense-plain
+
+stamp "tests: CUDA-graph step, then the CUDA and Triton cases"
+T_TESTS=$(box "${MMEARTH_GPU_CHECK_TESTS_TIMEOUT:-120}"); t_tests=$(date +%s)
+timeout -s INT -k 20 "$T_TESTS" "${PYTEST[@]}" tests/test_step.py tests -k "cuda or triton" 2>&1 \
+  | tee "$OUT_DIR/tests.log" | tail -n 30
 tests_rc=${PIPESTATUS[0]}
-timeout -s INT -k 20 "$(box $(( T_TESTS - $(date +%s) + t_tests )))" "${PYTEST[@]}" -k "not (cuda or triton)" 2>&1 \
-  | tee -a "$OUT_DIR/tests.log" | tail -n 12
-rest_rc=${PIPESTATUS[0]}
-[ "$tests_rc" = 0 ] && tests_rc=$rest_rc
+
+stamp "e2e: atto at batch 1024 graphed; compiled-graphed at batch 256"
+e2e b1024 90 --sizes atto --geometries 56/8 --mask-ratios 0.6 --precisions bf16 --batch 1024 \
+  --backends sparse-graphed,dense-graphed,dense-plain-graphed
+e2e compiled 150 --sizes atto --geometries 56/8 --mask-ratios 0.6 --precisions bf16 --batch 256 \
+  --backends sparse-compiled-graphed,dense-compiled-graphed,dense-plain-compiled-graphed,sparse-compiled,dense-compiled
 
 stamp "kernel benchmarks"
 if [ "$DRY" = "1" ] && [ -z "$COPY_GBS" ]; then
   SEL=(-k cpu --benchmark-only); export MMEARTH_BENCH_BATCH=4  # tiny real timings: exercises JSON and report
 else
-  # the quick slice; the full grid (both dtypes, fwd, bwd, fwd+bwd: 480 cases, mostly Triton
-  # autotuning and torch.compile per shape) took over 7 minutes on an H200 and does not fit a lease
+  # the quick slice; the full grid (480 cases, mostly Triton autotuning and torch.compile per shape) took
+  # over 7 minutes on an H200 and does not fit a lease
   SEL=(-k "cuda and bfloat16 and fwdbwd" --benchmark-only --benchmark-min-rounds=5)
 fi
 bench_rc=0
 for op in sparse_dwconv grn; do
-  timeout -s INT -k 20 "$(box $(( ${MMEARTH_GPU_CHECK_BENCH_TIMEOUT:-100} / 2 )))" \
+  timeout -s INT -k 20 "$(box 45)" \
   "$PY" -m pytest "benchmarks/bench_$op.py" -q -p no:cacheprovider "${SEL[@]}" \
     --benchmark-json="$OUT_DIR/$NAME-$op.json" > "$OUT_DIR/bench-$op.log" 2>&1 || bench_rc=1
   tail -n 2 "$OUT_DIR/bench-$op.log"
 done
-
-stamp "report"
 "$PY" benchmarks/report.py "$OUT_DIR/$NAME-sparse_dwconv.json" "$OUT_DIR/$NAME-grn.json" \
-  ${COPY_GBS:+--copy-gbs "$COPY_GBS"} --env "$OUT_DIR/env.json" > "$OUT_DIR/$NAME.md" || bench_rc=1
-cat "$OUT_DIR/$NAME.md"
-stamp "profile: where a training step's time goes (dense vs sparse, atto, bf16, batch 256)"
-# wall ms per step vs summed kernel ms says whether the step is launch-bound or kernel-bound
-if [ "$DRY" != "1" ] || [ -n "$COPY_GBS" ]; then
-  timeout -s INT -k 20 "$(box 90)" "$PY" -m benchmarks.e2e --profile --backends dense,sparse,sparse-cuda --sizes atto \
-    --precisions bf16 --batch 256 --out "$OUT_DIR" --name "$NAME-e2e" > "$OUT_DIR/profile.log" 2>&1
-  grep -E "^Profile|^\| (category|[a-z])" "$OUT_DIR/profile.log" | head -n 30
-fi
-stamp "end-to-end training-step grid"
-E2E=(--out "$OUT_DIR" --name "$NAME-e2e")
-if [ "$DRY" = "1" ] && [ -z "$COPY_GBS" ]; then E2E+=(--smoke --backends dense,sparse --no-isolate); fi
-e2e_rc=0
-timeout -s INT -k 20 "$(box 600)" "$PY" -m benchmarks.e2e "${E2E[@]}" > "$OUT_DIR/e2e.log" 2>&1 || e2e_rc=$?
-if [ "$e2e_rc" = 124 ] && [ -f "$OUT_DIR/$NAME-e2e.json" ]; then
-  echo "gpu_check: the e2e grid hit its time limit; reporting the cases it finished"
-  "$PY" -m benchmarks.e2e --report "$OUT_DIR/$NAME-e2e.json" > /dev/null
-fi
-cat "$OUT_DIR/$NAME-e2e.md" 2>/dev/null || tail -n 20 "$OUT_DIR/e2e.log"
+  ${COPY_GBS:+--copy-gbs "$COPY_GBS"} --env "$OUT_DIR/env.json" > "$OUT_DIR/$NAME.md" 2>/dev/null || bench_rc=1
+head -n 30 "$OUT_DIR/$NAME.md"
+
+stamp "the CPU tests under this machine's toolchain (what time is left)"
+timeout -s INT -k 20 "$(box 300)" "${PYTEST[@]}" tests -k "not (cuda or triton)" -m "not slow" 2>&1 \
+  | tee -a "$OUT_DIR/tests.log" | tail -n 8
+rest_rc=${PIPESTATUS[0]}
+[ "$tests_rc" = 0 ] && [ "$rest_rc" != 124 ] && tests_rc=$rest_rc
 
 stamp "done: tests rc=$tests_rc, benchmarks rc=$bench_rc, e2e rc=$e2e_rc; results in $OUT_DIR/$NAME*"
 if [ -n "${OUT:-}" ] && [ "$(cd "$OUT_DIR" && pwd)" = "$(cd "$OUT" && pwd)" ]; then
   # the device tool brings back at most 8 files: one tarball with everything, plus the summaries
-  (cd "$OUT_DIR" && tar czf /tmp/gpu_check.tgz --exclude="*-trace.json" . && find . -type f ! -name "$NAME.md" ! -name "$NAME-e2e.md" \
-    ! -name "$NAME-e2e.json" ! -name "$NAME-e2e-profile.md" ! -name env.json ! -name tests.log -delete && mv /tmp/gpu_check.tgz .)
+  (cd "$OUT_DIR" && tar czf /tmp/gpu_check.tgz --exclude="*-trace.json" . && find . -type f ! -name "$NAME.md" ! -name env.json \
+    ! -name "$NAME-e2e-b256.md" ! -name "$NAME-e2e-b256.json" ! -name "$NAME-e2e-b1024.md" ! -name "$NAME-e2e-compiled.md" \
+    ! -name tests.log -delete && mv /tmp/gpu_check.tgz .)
 fi
 [ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ] && [ "$e2e_rc" = 0 ]

@@ -17,14 +17,23 @@ LAUNCH_CALLS = ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx", "cudaL
                 "cudaMemcpyAsync", "cudaMemsetAsync", "cudaLaunchCooperativeKernel")
 
 
+# Dispatched, but no device work: allocation without a fill, and bookkeeping.
+_NO_DEVICE_WORK = {"aten.empty", "aten.empty_strided", "aten.empty_like", "aten.new_empty", "aten.new_empty_strided",
+                   "aten.lift_fresh", "aten.is_pinned", "aten.record_stream", "aten.set_"}
+
+
 class OpCounter(TorchDispatchMode):
+    """All ops dispatched; those that do device work (every op but views and bare allocations: on a GPU,
+    a kernel launch or more each); and custom-op calls (this library's kernels)."""
+
     def __init__(self):
         super().__init__()
-        self.ops = 0
-        self.custom = 0
+        self.ops = self.device_ops = self.custom = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1
+        if not func.is_view and func._overloadpacket._qualified_op_name.replace("::", ".") not in _NO_DEVICE_WORK:
+            self.device_ops += 1
         if func.namespace == "mmearth_kernels":
             self.custom += 1
         return func(*args, **(kwargs or {}))
@@ -34,7 +43,7 @@ def count_ops(step) -> dict:
     """Ops dispatched by one call of ``step`` (its optimiser step included)."""
     with OpCounter() as c:
         step()
-    return {"ops_per_step": c.ops, "custom_ops_per_step": c.custom}
+    return {"ops_per_step": c.ops, "device_ops_per_step": c.device_ops, "custom_ops_per_step": c.custom}
 
 
 def profile_launches(step) -> dict:

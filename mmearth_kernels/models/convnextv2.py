@@ -241,23 +241,27 @@ class ConvNeXtV2Encoder(nn.Module):
         return x
 
     def layouts(self, mask: torch.Tensor, kept: int | None):
-        """Packed layouts of the input resolution and the four stages."""
+        """Packed layouts of the input resolution and the four stages, each built once per step (at 56/8
+        the input and stage-1 resolutions are the same: one layout serves both)."""
         g = self.grid
-        res = [self.img_size] + [g * 8 >> i for i in range(4)]
-        return [L.build_layout(mask, r, kept) for r in res]
+        built: dict[int, L.SparseLayout] = {}
+        for r in [self.img_size] + [g * 8 >> i for i in range(4)]:
+            if r not in built:
+                built[r] = L.build_layout(mask, r, kept)
+        return [built[self.img_size]] + [built[g * 8 >> i] for i in range(4)]
 
     def _forward_sparse(self, x, mask, kept):
         lay_in, *lay = self.layouts(mask, kept)
         h = L.from_dense(x, lay_in)                                     # [N_in, in_chans]
         st = self.stem
+        # reduction 1 (56/8): the stem's k = s = 1 conv maps every row to itself, no gather needed
+        stem_rows = S.child_rows(lay[0], lay_in, self.reduction) if self.reduction > 1 else None
         if st.kind == "mmearth":
             h = S.submanifold_conv(h, st.conv.weight, st.conv.bias, lay_in)
             h = F.gelu(st.norm1(h))
-            h = S.strided_conv(h, st.dwconv.weight, st.dwconv.bias, S.child_rows(lay[0], lay_in, self.reduction),
-                               depthwise=True)
-            h = st.norm2(h)
+            h = st.norm2(S.strided_conv(h, st.dwconv.weight, st.dwconv.bias, stem_rows, depthwise=True))
         else:
-            h = st.norm(S.strided_conv(h, st.conv.weight, st.conv.bias, S.child_rows(lay[0], lay_in, self.reduction)))
+            h = st.norm(S.strided_conv(h, st.conv.weight, st.conv.bias, stem_rows))
         stats = self.grn_stats
         for i in range(4):
             if i > 0:

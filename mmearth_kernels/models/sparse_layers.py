@@ -55,13 +55,19 @@ def child_rows(coarse: SparseLayout, fine: SparseLayout, s: int) -> torch.Tensor
     return fine.inv_map[b[:, None, None], hh, ww].reshape(b.shape[0], s * s).long()
 
 
-def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, children: torch.Tensor,
+def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, children: torch.Tensor | None,
                  depthwise: bool = False) -> torch.Tensor:
     """Kernel = stride conv (``nn.Conv2d(..., k=s, stride=s)`` weights) from fine rows to coarse rows.
 
-    ``children`` from :func:`child_rows`; every child is active (patch-aligned masks). Depthwise
-    weights are ``[C, 1, s, s]``; dense ones ``[Cout, Cin, s, s]``.
+    ``children`` from :func:`child_rows`; every child is active (patch-aligned masks). None: s = 1,
+    the same layout on both sides (a per-row linear map, no gather). Depthwise weights are
+    ``[C, 1, s, s]``; dense ones ``[Cout, Cin, s, s]``.
     """
+    if children is None:
+        if depthwise:
+            y = x * weight.reshape(1, -1)
+            return y + bias if bias is not None else y
+        return F.linear(x, weight.reshape(weight.shape[0], -1), bias)
     n, ss = children.shape
     cols = x[children]                                             # [n, s*s, Cin]
     if depthwise:
