@@ -46,3 +46,29 @@ def test_loader(source, data, benchmark):
         benchmark.pedantic(ds.__getitems__, setup=setup, rounds=10, warmup_rounds=1, iterations=1)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("normalize", [True, False], ids=["normalised-in-worker", "raw-for-gpu"])
+@pytest.mark.parametrize("workers", sorted({1, os.cpu_count() or 1}), ids=lambda w: f"{w}-workers")
+def test_loader_workers(workers, normalize, data, benchmark):
+    """The trainer's GPU data path: DataLoader workers reading the cache (all 12 tasks, crop 56, shuffled
+    batches of 64), with the batch normalised in the worker (the CPU trainer) or left raw for the device
+    (``normalize=False``; the GPU trainer normalises after the copy). samples/s = 64 * batches / time."""
+    stem, cache = data
+    ds = MMEarthDataset(stem, split="train", crop=56, cache=cache, normalize=normalize)
+    rng = np.random.default_rng(0)
+    batches = [sorted(rng.choice(len(ds), 64, replace=False).tolist()) for _ in range(400)]
+    from train.batches import collate
+
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                                         persistent_workers=True, prefetch_factor=4)
+    it = iter(loader)
+    for _ in range(2 * workers):  # workers started and their first batches made
+        next(it)
+    per_round = 4 * workers
+    benchmark.group = "loader MMEarth64 from the cache, DataLoader workers, 12 tasks, batch 64"
+    benchmark.extra_info.update(CONTEXT, kind="loader-workers", source="cache", samples=64 * per_round,
+                                tiles=TILES, workers=workers, normalize=normalize)
+    rounds = max(1, min(5, (len(batches) - 2 * workers) // per_round - 1))
+    benchmark.pedantic(lambda: [next(it) for _ in range(per_round)], rounds=rounds, warmup_rounds=0, iterations=1)
+    del it, loader

@@ -11,6 +11,8 @@ from collections import defaultdict
 
 BASELINE = {"sparse_dwconv2d": "dense", "grn": "eager"}
 LOADER = []  # (source, samples/s, tiles) from bench_loader.py
+LOADER_WORKERS = []  # (workers, normalised in the worker, samples/s) from bench_loader.py
+DISPATCH = defaultdict(dict)  # grad -> path -> median us, from bench_dispatch.py
 ENCODER = defaultdict(dict)  # (device, model, batch) -> backend -> median s, from bench_encoder.py
 KERNEL_IMPLS = ("cpu", "cuda", "triton")
 
@@ -34,6 +36,14 @@ def load(paths):
                 continue
             if e.get("kind") == "loader":
                 LOADER.append((e["source"], e["samples"] / b["stats"]["median"], e["tiles"]))
+                first = first or b
+                continue
+            if e.get("kind") == "loader-workers":
+                LOADER_WORKERS.append((e["workers"], e["normalize"], e["samples"] / b["stats"]["median"]))
+                first = first or b
+                continue
+            if e.get("kind") == "dispatch":
+                DISPATCH[e["grad"]][e["path"]] = b["stats"]["median"] * 1e6
                 first = first or b
                 continue
             key = (e["op"], e["device"], e["dtype"], e["model"], e["res"], e["C"], e["mode"])
@@ -100,6 +110,20 @@ def main():
         print("### loader (one worker, one torch thread)\n\n| source | samples/s |\n|---|---|")
         for source, rate, _ in LOADER:
             print(f"| {source} | {rate:.0f} |")
+        print()
+    if LOADER_WORKERS:
+        print("### loader, DataLoader workers, from the cache\n\n| workers | batch normalised | samples/s | "
+              "per worker |\n|---|---|---:|---:|")
+        for w, norm, rate in sorted(LOADER_WORKERS):
+            print(f"| {w} | {'in the worker' if norm else 'no (raw, for the GPU)'} | {rate:.0f} | {rate / w:.0f} |")
+        print()
+    if DISPATCH:
+        paths = ["aten_add", "raw_op", "public", "custom_op", "define_impl"]
+        print("### host cost per call, tiny size (median us)\n\n| | " + " | ".join(paths) + " |\n|---|"
+              + "---:|" * len(paths))
+        for grad in sorted(DISPATCH):
+            print(f"| {'forward + backward' if grad else 'forward'} | "
+                  + " | ".join(f"{DISPATCH[grad].get(p, float('nan')):.1f}" for p in paths) + " |")
 
 
 if __name__ == "__main__":

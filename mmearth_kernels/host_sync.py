@@ -11,6 +11,9 @@ works on CPU tensors too (where nothing really blocks), so tests prove a step sy
         step(batches)
     assert not rec.syncs, rec.report()
 
+What it cannot see: work inside a custom op's own implementation (the op is recorded as one call; ours
+read no tensor values on the host), and C++ code that reads device memory itself.
+
 Code that syncs on purpose says so: :func:`sync_point` (logging, checkpoints: nothing inside is
 recorded) and :func:`host_only` (work on host tensors, e.g. data loading: only operations that touch a
 device tensor are recorded). Both are free when no recorder is active.

@@ -48,11 +48,15 @@ def _stepper(model, accum=1, **kw):
 
 
 # -- no host synchronisation -----------------------------------------------------------------------
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_gpu])]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backend", ["dense", "dense-plain", "sparse"])
-def test_a_step_never_waits_for_the_device(backend):
-    model = _model(backend)
+def test_a_step_never_waits_for_the_device(backend, device):
+    model = _model(backend, device)
     st = _stepper(model, accum=2, clip_grad=1.0)
-    mbs = _micro_batches(model, 6)
+    mbs = _micro_batches(model, 6, device=device)
     with SyncRecorder() as rec:
         for s in range(3):
             st(mbs[2 * s: 2 * s + 2])
@@ -109,9 +113,10 @@ def _cfg(stem, out, **kw):
     return TrainConfig(**(base | kw))
 
 
-def test_the_trainer_loop_syncs_only_at_logging_points(stem, tmp_path):
-    with SyncRecorder() as rec:
-        trainer.train(_cfg(stem, tmp_path, steps=7))  # set-up, 7 steps, 3 logging/checkpoint points
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_trainer_loop_syncs_only_at_logging_points(stem, tmp_path, device):
+    with SyncRecorder() as rec:  # set-up, 7 steps, 3 logging/checkpoint points; on a GPU: workers, pinned copies
+        trainer.train(_cfg(stem, tmp_path, steps=7, device=device, workers=-1))
     assert not rec.syncs, rec.report()
 
 
@@ -242,12 +247,15 @@ def test_cuda_graphs_replay_the_eager_step(backend, accum):
     eager_model, graph_model = _model(backend, "cuda"), _model(backend, "cuda")
     eager = _stepper(eager_model, accum=accum)
     graphed = GraphedTrainStep(_stepper(graph_model, accum=accum, capturable=True), warmup_steps=2)
+    # Not bit-identical: CUDA's gather/index backward and cuDNN's weight gradients accumulate with atomics, so
+    # the two runs differ by rounding, and Adam can amplify that on near-zero gradients. A graph that replayed
+    # stale inputs or lost an accumulation would miss by orders of magnitude more (each step has new data).
     for s in range(6):
         chunk = mbs[s * accum:(s + 1) * accum]
-        torch.testing.assert_close(graphed(chunk), eager(chunk), rtol=1e-5, atol=1e-6, msg=lambda m: f"step {s}: {m}")
+        torch.testing.assert_close(graphed(chunk), eager(chunk), rtol=1e-4, atol=1e-5, msg=lambda m: f"step {s}: {m}")
     assert graphed.captured
     for (k, v), w in zip(eager_model.state_dict().items(), graph_model.state_dict().values()):
-        torch.testing.assert_close(w, v, rtol=1e-4, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(w, v, rtol=1e-3, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
 
 
 @needs_gpu
@@ -267,3 +275,14 @@ def test_trainer_checkpoint_keeps_a_tensor_learning_rate(stem, tmp_path):
     trainer.train(_cfg(stem, tmp_path, steps=3))
     ck = trainer.load_checkpoint(os.path.join(tmp_path, "last.pt"))
     assert all(isinstance(g["lr"], torch.Tensor) for g in ck["optimizer"]["param_groups"])
+
+
+@needs_gpu
+@pytest.mark.cuda
+def test_cuda_graph_trainer_resumes_exactly(stem, tmp_path):
+    kw = dict(device="cuda", cuda_graphs=True, precision="fp32")
+    full = trainer.train(_cfg(stem, tmp_path / "a", steps=8, **kw))["losses"]
+    first = trainer.train(_cfg(stem, tmp_path / "b", steps=8, stop_after=5, **kw))["losses"]
+    rest = trainer.train(_cfg(stem, tmp_path / "b", steps=8, resume="auto", **kw))["losses"]
+    assert len(first) == 5 and len(rest) == 3
+    torch.testing.assert_close(torch.tensor(first + rest), torch.tensor(full), rtol=1e-4, atol=1e-5)  # atomics

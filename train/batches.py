@@ -37,11 +37,12 @@ def collate(items):
 def default_workers(device: str, world: int = 1) -> int:
     """DataLoader workers when the config says -1: none on CPU (loading would compete with the step for the
     cores); on GPU, the CPUs this process may use (its share on a multi-GPU node) minus one for the
-    training loop itself, at most 8 (the cache reader gives ~2000 samples/s per worker)."""
+    training loop itself, at most 16. A worker reads ~2500 raw samples/s from the cache (all 12 tasks,
+    crop 56; benchmarks/bench_loader.py on a 2-core EPYC), so 25,000 img/s needs about 10 of them."""
     if device != "cuda":
         return 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cpus // max(1, world) - 1))
+    return max(1, min(16, cpus // max(1, world) - 1))
 
 
 class MicroBatches:

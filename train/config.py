@@ -24,7 +24,7 @@ class TrainConfig:
     cache: bool = _f(True, "read through the uncompressed cache (built on first use next to the data)")
     crop: int = _f(56, "random crop side (64 -> 56, 128 -> 112)")
     workers: int = _f(-1, "DataLoader worker processes: -1 = auto (0 on CPU; on GPU the process's CPUs minus one, at "
-                          "most 8, pinned memory), 0 = load in the training process")
+                          "most 16, pinned memory), 0 = load in the training process")
     # model
     model: str = _f("atto", "ConvNeXt V2 size: atto, femto, pico, nano, tiny, base, large, huge")
     patch_size: int = _f(8, "mask patch size in pixels (8 at 56 px, 16 at 112 px)")

@@ -148,7 +148,8 @@ def train(cfg: TrainConfig) -> dict:
         model = MPMAE(cfg.model, img_size=cfg.crop, patch_size=cfg.patch_size, tasks=tasks, decoder=cfg.decoder,
                       decoder_dim=cfg.decoder_dim, mask_ratio=cfg.mask_ratio, loss_weighting=cfg.loss_weighting,
                       backend=cfg.backend, grn_stats=cfg.grn_stats, impl=cfg.impl, init=cfg.init)
-    model = model.to(device)
+    with sync_point("set-up: the model moves to the device once"):
+        model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     eff_batch = cfg.batch_size * cfg.accum * world
@@ -166,8 +167,9 @@ def train(cfg: TrainConfig) -> dict:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
         ck = load_checkpoint(path)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
+        with sync_point("set-up: the checkpoint's tensors move to the device once"):
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
         for g in opt.param_groups:  # a checkpoint of an eager run restores capturable=False
             g["capturable"] = graphs
         step, epoch, position = ck["step"], ck["epoch"], ck["position"]
@@ -187,8 +189,9 @@ def train(cfg: TrainConfig) -> dict:
                         precision="bf16" if use_bf16 else "fp32", data_parallel=world > 1)
     stepper.set_step(step)
     run_step = GraphedTrainStep(stepper) if graphs else stepper
-    batches = DeviceBatches(source, device, stats=device_stats(ds.stats, device) if on_gpu else None,
-                            inputs=ds.inputs, targets=ds.targets)
+    with sync_point("set-up: the band statistics move to the device once"):
+        stats = device_stats(ds.stats, device) if on_gpu else None
+    batches = DeviceBatches(source, device, stats=stats, inputs=ds.inputs, targets=ds.targets)
     metrics = open(os.path.join(cfg.out, "metrics.jsonl"), "a") if is_main else None
     tb = None
     if is_main:
