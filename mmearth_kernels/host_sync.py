@@ -55,23 +55,22 @@ _state = {"sync_point": 0, "host_only": 0, "recorders": 0}
 
 
 @contextlib.contextmanager
+def _marked(key: str):
+    _state[key] += 1
+    try:
+        yield
+    finally:
+        _state[key] -= 1
+
+
 def sync_point(reason: str):
     """A deliberate host synchronisation (reading logged losses, writing a checkpoint): not recorded."""
-    _state["sync_point"] += 1
-    try:
-        yield
-    finally:
-        _state["sync_point"] -= 1
+    return _marked("sync_point")
 
 
-@contextlib.contextmanager
 def host_only(reason: str):
     """Work on host tensors only (data loading, mask drawing): recorded only where a device tensor is involved."""
-    _state["host_only"] += 1
-    try:
-        yield
-    finally:
-        _state["host_only"] -= 1
+    return _marked("host_only")
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,21 @@ def available_impls(op: str, device: torch.device | str) -> list[str]:
     return out
 
 
+_RESOLVED: dict[tuple[str, str, str], str] = {}
+
+
 def resolve(op: str, impl: str, device: torch.device) -> str:
-    """The concrete impl to run, or a clear error saying why the requested one cannot."""
+    """The concrete impl to run, or a clear error saying why the requested one cannot. Remembered per
+    (op, impl, device type): what is built and importable does not change in a process, and every op call
+    asks (7 us of Python each time otherwise)."""
+    key = (op, impl, device.type)
+    hit = _RESOLVED.get(key)
+    if hit is None:
+        hit = _RESOLVED[key] = _resolve(op, impl, device)
+    return hit
+
+
+def _resolve(op: str, impl: str, device: torch.device) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
