@@ -66,6 +66,29 @@ inline void check_sparse_dwconv(const at::Tensor& x, const at::Tensor& weight, c
   TORCH_CHECK(inv_map.numel() < (int64_t(1) << 31), op, ": B*H*W must fit in int32, got ", inv_map.numel());
 }
 
+// The values of a layout, for CPU tensors only (it reads them; for CUDA tensors that would be a host sync,
+// so there the kernels treat out-of-range entries as inactive instead, see sparse_index.h): every row's
+// position is a site of the layout and inv_map maps it back to that row, every other site holds -1.
+inline void check_layout_values_cpu(const at::Tensor& row_pos, const at::Tensor& inv_map, const char* op) {
+  const int64_t N = row_pos.size(0), S = inv_map.numel();
+  const int32_t* rp = row_pos.data_ptr<int32_t>();
+  const int32_t* im = inv_map.data_ptr<int32_t>();
+  for (int64_t p = 0; p < N; ++p) {
+    const int64_t pos = rp[p];
+    TORCH_CHECK(pos >= 0 && pos < S, op, ": row_pos[", p, "] = ", pos, " is not a site of the layout (B*H*W = ", S,
+                "); make layouts with mmearth_kernels.build_layout");
+    TORCH_CHECK(im[pos] == p, op, ": row_pos and inv_map disagree: row_pos[", p, "] = ", pos,
+                " but inv_map holds ", im[pos], " there (duplicate or corrupt rows)");
+  }
+  int64_t active = 0;
+  for (int64_t i = 0; i < S; ++i) {
+    TORCH_CHECK(im[i] >= -1 && im[i] < N, op, ": inv_map holds ", im[i], " at flat site ", i,
+                ", which is neither -1 (inactive) nor a row in [0, ", N, ")");
+    active += im[i] >= 0;
+  }
+  TORCH_CHECK(active == N, op, ": inv_map marks ", active, " active sites but row_pos lists ", N, " rows");
+}
+
 // x [N, C]; gamma, beta [C]; offsets [B + 1] int32.
 inline void check_grn(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta, const at::Tensor& offsets,
                       double eps) {

@@ -28,21 +28,28 @@ struct Site {
   int64_t b, h, w;
 };
 
-MMK_HD Site decode(int64_t pos, int64_t H, int64_t W) {
+// A position outside the layout's B*H*W sites (only a corrupt, hand-made layout has one) decodes to
+// b = -1, a site with no neighbours: the kernels then never index inv_map with it. On CPU tensors
+// such layouts are refused before the kernels run (checks.h); on CUDA this is the safety net.
+MMK_HD Site decode(int64_t pos, int64_t B, int64_t H, int64_t W) {
   const int64_t hw = H * W;
+  if (pos < 0 || pos >= B * hw) return Site{-1, 0, 0};
   const int64_t b = pos / hw;
   const int64_t r = pos - b * hw;
   return Site{b, r / W, r - (r / W) * W};
 }
 
 // Row of the site (s.h + dh, s.w + dw) of the same sample, or -1 when it lies outside the image
-// (zero padding) or is inactive (masked). This is the whole of the submanifold semantics.
-MMK_HD int32_t neighbour_row(const int32_t* inv_map, const Site& s, int64_t H, int64_t W, int64_t dh,
+// (zero padding) or is inactive (masked). This is the whole of the submanifold semantics. An entry
+// of inv_map that is not a row in [0, N) reads as inactive, so no kernel reads outside x.
+MMK_HD int32_t neighbour_row(const int32_t* inv_map, const Site& s, int64_t H, int64_t W, int64_t N, int64_t dh,
                              int64_t dw) {
+  if (s.b < 0) return -1;
   const int64_t h = s.h + dh;
   const int64_t w = s.w + dw;
   if (h < 0 || h >= H || w < 0 || w >= W) return -1;
-  return inv_map[(s.b * H + h) * W + w];
+  const int32_t q = inv_map[(s.b * H + h) * W + w];
+  return q >= 0 && q < N ? q : -1;
 }
 
 // Tap t of a K x K kernel (row-major, as nn.Conv2d) reads the input at offset (dh, dw).

@@ -16,16 +16,24 @@ shapes alone and the builder never synchronises with the device.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .host_sync import host_only
+from .host_sync import host_only, sync_point
 
 
 @dataclass(frozen=True)
 class SparseLayout:
-    """Where the packed rows of one stage live. Build it with :func:`build_layout`."""
+    """Where the packed rows of one stage live. Build it with :func:`build_layout`.
+
+    A layout made by hand from tensors is checked when it is made: shapes, dtypes and devices, and its
+    values (every row a site of the batch, ``inv_map`` its inverse and -1 elsewhere, ``offsets`` the
+    sample boundaries of the rows); on a GPU that check reads the tensors once (a host sync). The
+    builders skip the value check (``trusted=True``): their layouts are right by construction.
+    The kernels never read outside their tensors whatever a layout holds: on CPU tensors they refuse an
+    inconsistent one, on CUDA they treat out-of-range entries as inactive sites.
+    """
 
     batch_size: int
     height: int
@@ -34,6 +42,13 @@ class SparseLayout:
     inv_map: torch.Tensor  # [B, H, W] int32, -1 = inactive
     offsets: torch.Tensor  # [B + 1] int32
     rows_per_sample: int | None = None  # set when every sample has the same number of rows
+    trusted: bool = field(default=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        _check_structure(self)
+        if not self.trusted and not torch.compiler.is_compiling():
+            with sync_point("a hand-made SparseLayout is checked once, when it is made"):
+                _check_values(self)
 
     @property
     def num_rows(self) -> int:
@@ -50,6 +65,72 @@ class SparseLayout:
     def __repr__(self) -> str:  # tensors would flood the repr
         return (f"SparseLayout(B={self.batch_size}, H={self.height}, W={self.width}, rows={self.num_rows}, "
                 f"rows_per_sample={self.rows_per_sample}, device={self.device})")
+
+
+def _check_structure(lay: SparseLayout) -> None:
+    """Types, shapes, dtypes, devices: no tensor values read (no sync)."""
+    for name in ("batch_size", "height", "width"):
+        v = getattr(lay, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"SparseLayout.{name} must be an int >= 0, got {v!r}")
+    want = {"row_pos": 1, "inv_map": 3, "offsets": 1}
+    for name, dim in want.items():
+        t = getattr(lay, name)
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != dim:
+            raise ValueError(f"SparseLayout.{name} must be a {dim}-D int32 tensor, got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}"
+                             f"{' ' + str(t.dtype) if isinstance(t, torch.Tensor) else ''}")
+        if t.device != lay.row_pos.device:
+            raise ValueError(f"SparseLayout.{name} is on {t.device} but row_pos is on {lay.row_pos.device}")
+    B, H, W = lay.batch_size, lay.height, lay.width
+    if tuple(lay.inv_map.shape) != (B, H, W):
+        raise ValueError(f"SparseLayout.inv_map must be [B, H, W] = {[B, H, W]}, got {list(lay.inv_map.shape)}")
+    if lay.offsets.shape[0] != B + 1:
+        raise ValueError(f"SparseLayout.offsets must have B + 1 = {B + 1} entries, got {lay.offsets.shape[0]}")
+    if B * H * W >= 2**31:
+        raise ValueError(f"B*H*W = {B * H * W} does not fit the int32 positions of the layout")
+    R = lay.rows_per_sample
+    if R is not None and (isinstance(R, bool) or not isinstance(R, int) or R < 0 or R * B != lay.row_pos.shape[0]):
+        raise ValueError(f"SparseLayout.rows_per_sample = {R!r} but there are {lay.row_pos.shape[0]} rows for "
+                         f"{B} samples")
+
+
+def _check_values(lay: SparseLayout) -> None:
+    """The values of a hand-made layout: each row a site, inv_map its inverse, offsets the sample bounds."""
+    N, HW = lay.row_pos.shape[0], lay.height * lay.width
+    pos = lay.row_pos.long()
+    flat = lay.inv_map.reshape(-1).long()
+    off = lay.offsets.long()
+    bad = ((pos < 0) | (pos >= flat.shape[0])).nonzero()
+    if bad.numel():
+        p = int(bad[0, 0])
+        raise ValueError(f"SparseLayout: row_pos[{p}] = {int(pos[p])} is not a site of the "
+                         f"{lay.batch_size}x{lay.height}x{lay.width} layout")
+    bad = ((flat < -1) | (flat >= N)).nonzero()
+    if bad.numel():
+        i = int(bad[0, 0])
+        raise ValueError(f"SparseLayout: inv_map holds {int(flat[i])} at flat site {i}, neither -1 (inactive) nor a "
+                         f"row in [0, {N})")
+    if N:
+        back = (flat[pos] != torch.arange(N, device=pos.device)).nonzero()
+        if back.numel():
+            p = int(back[0, 0])
+            raise ValueError(f"SparseLayout: row_pos and inv_map disagree at row {p} (row_pos = {int(pos[p])}, inv_map "
+                             f"there = {int(flat[pos[p]])}): duplicate or corrupt rows")
+    active = int((flat >= 0).sum())
+    if active != N:
+        raise ValueError(f"SparseLayout: inv_map marks {active} active sites but row_pos lists {N} rows")
+    if int(off[0]) != 0 or int(off[-1]) != N or bool((off[1:] < off[:-1]).any()):
+        raise ValueError(f"SparseLayout: offsets must start at 0, end at N = {N} and never decrease, got "
+                         f"{off.tolist()[:8]}{'...' if off.numel() > 8 else ''}")
+    if N:
+        sample = pos // HW
+        want = torch.searchsorted(off[1:], torch.arange(N, device=pos.device), right=True)
+        wrong = (sample != want).nonzero()
+        if wrong.numel():
+            p = int(wrong[0, 0])
+            raise ValueError(f"SparseLayout: row {p} lies in sample {int(sample[p])} but offsets put it in sample "
+                             f"{int(want[p])} (rows must be sample-major)")
 
 
 def _check_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -123,7 +204,7 @@ def layout_from_active(active: torch.Tensor, rows_per_sample: int | None = None)
         first = torch.arange(B, dtype=torch.int32, device=dev)[:, None] * R
         inv_map = torch.where(flat, rank + first, torch.full_like(rank, -1)).view(B, H, W)
         offsets = torch.arange(B + 1, dtype=torch.int32, device=dev) * R
-        return SparseLayout(B, H, W, row_pos, inv_map, offsets, rows_per_sample=R)
+        return SparseLayout(B, H, W, row_pos, inv_map, offsets, rows_per_sample=R, trusted=True)
     # Variable counts: data-dependent N (one host sync), as any sparse library needs.
     counts = flat.sum(1, dtype=torch.int32)
     offsets = torch.zeros(B + 1, dtype=torch.int32, device=dev)
@@ -131,7 +212,7 @@ def layout_from_active(active: torch.Tensor, rows_per_sample: int | None = None)
     row_pos = flat.reshape(-1).nonzero().squeeze(1).to(torch.int32)
     rank = flat.reshape(-1).to(torch.int32).cumsum(0, dtype=torch.int32) - 1
     inv_map = torch.where(flat.reshape(-1), rank, torch.full_like(rank, -1)).view(B, H, W)
-    return SparseLayout(B, H, W, row_pos, inv_map, offsets, rows_per_sample=None)
+    return SparseLayout(B, H, W, row_pos, inv_map, offsets, rows_per_sample=None, trusted=True)
 
 
 def _check_rows(x: torch.Tensor, layout: SparseLayout, name: str = "x") -> None:

@@ -27,3 +27,34 @@ def random_patch_mask(batch_size: int, grid: int | tuple[int, int], mask_ratio: 
     mask = torch.ones(batch_size, L, dtype=torch.bool, device=device)
     mask.scatter_(1, order[:, :keep], False)
     return mask.view(batch_size, gh, gw)
+
+
+def check_mask(mask, batch: int, grid: int, kept: int | None) -> torch.Tensor:
+    """The one validation of a patch mask: ``[batch, grid, grid]``, bool or integer 0/1 (1 = masked);
+    returns it as bool. On CPU the values are checked too (integers other than 0/1, and with ``kept``
+    given, a sample that does not keep exactly ``kept`` patches); on a GPU that would be a host sync,
+    so there both are the caller's promise (``random_patch_mask`` and the trainer keep it)."""
+    from .host_sync import host_only
+
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch.Tensor [B, g, g] (1 = masked), got {type(mask).__name__}")
+    if mask.dim() != 3 or tuple(mask.shape) != (batch, grid, grid):
+        raise ValueError(f"mask must be [B, {grid}, {grid}] = {[batch, grid, grid]} (img_size / patch_size = {grid}), "
+                         f"got {list(mask.shape)}")
+    if mask.dtype.is_floating_point or mask.dtype.is_complex:
+        raise TypeError(f"mask must be bool or integer 0/1 (1 = masked), got {mask.dtype}")
+    if kept is not None and (isinstance(kept, bool) or not isinstance(kept, int) or not 0 <= kept <= grid * grid):
+        raise ValueError(f"kept must be an int in [0, {grid * grid}] (patches kept per sample) or None, got {kept!r}")
+    if mask.device.type == "cpu" and not torch.compiler.is_compiling():
+        with host_only("mask check: CPU masks only"):
+            if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
+                raise ValueError(f"mask must hold only 0 and 1 (1 = masked), got the values "
+                                 f"{torch.unique(mask).tolist()[:8]}")
+            if kept is not None and batch:
+                counts = (mask == 0).flatten(1).sum(1)
+                wrong = (counts != kept).nonzero()
+                if wrong.numel():
+                    b = int(wrong[0, 0])
+                    raise ValueError(f"kept={kept} but sample {b} of the mask keeps {int(counts[b])} patches; pass "
+                                     f"kept=None for masks whose samples keep different numbers")
+    return mask if mask.dtype == torch.bool else mask != 0

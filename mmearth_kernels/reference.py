@@ -44,7 +44,9 @@ def grn_ref(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offsets: t
     sq = x.new_zeros(groups, x.shape[1]).index_add(0, gid, x * x)
     # sqrt has no derivative at 0 (a channel that is zero on every row of a sample, or a sample with
     # no rows): take the zero subgradient there instead of autograd's inf * 0 = NaN. Forward unchanged.
-    nonzero = sq > 0
+    # NaN is not 0: a NaN (or inf) element makes its sample's G, hence the whole sample's output, NaN,
+    # as IEEE arithmetic and every kernel give it.
+    nonzero = sq != 0
     g = torch.where(nonzero, sq, torch.ones_like(sq)).sqrt() * nonzero
     nx = g / (g.mean(dim=-1, keepdim=True) + eps)
     return gamma * (x * nx[gid]) + beta + x

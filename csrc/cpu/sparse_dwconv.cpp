@@ -27,7 +27,7 @@ struct DwFwdArgs {
   const acc_t<T>* bias;   // [C] or nullptr
   const int32_t* row_pos; // [N]
   const int32_t* inv_map; // [B, H, W]
-  int64_t H, W, K, C;
+  int64_t B, N, H, W, K, C;
   T* y;                   // [N, C]
 };
 
@@ -38,7 +38,7 @@ struct DwBwdArgs {
   const acc_t<T>* w;      // [K*K, C], taps-major (not flipped: the gather below walks the flipped offsets)
   const int32_t* row_pos;
   const int32_t* inv_map;
-  int64_t H, W, K, C;
+  int64_t B, N, H, W, K, C;
   T* dx;                  // [N, C]
   acc_t<T>* dw_part;      // [parts, K*K, C]
   acc_t<T>* db_part;      // [parts, C]
@@ -46,11 +46,12 @@ struct DwBwdArgs {
 
 // Active neighbours of one row: row index and tap. `sign` = +1 gathers the rows p + o_k that the
 // forward reads; -1 gathers the rows q - o_k that read q (the backward's flipped kernel).
-MMK_INLINE int gather_neighbours(const int32_t* inv_map, const index::Site& s, int64_t H, int64_t W, int64_t K,
-                                 int sign, int32_t* nbr, int32_t* tap) {
+MMK_INLINE int gather_neighbours(const int32_t* inv_map, const index::Site& s, int64_t N, int64_t H, int64_t W,
+                                 int64_t K, int sign, int32_t* nbr, int32_t* tap) {
   // Branch-free: whether a neighbour is active is data-dependent (random masks), so a branch per
   // tap would mispredict often; instead always write and advance n only for active neighbours.
   int n = 0;
+  if (s.b < 0) return 0;  // a position outside the layout (refused on CPU before this runs)
   const int64_t r = K / 2;
   const int32_t* inv_b = inv_map + s.b * H * W;
   for (int64_t i = 0; i < K; ++i) {
@@ -63,7 +64,7 @@ MMK_INLINE int gather_neighbours(const int32_t* inv_map, const index::Site& s, i
       const int32_t q = in ? inv_row[in ? w : 0] : -1;
       nbr[n] = q;
       tap[n] = static_cast<int32_t>(i * K + j);
-      n += q >= 0;
+      n += q >= 0 && q < N;
     }
   }
   return n;
@@ -139,8 +140,8 @@ MMK_INLINE void fwd_rows_impl(const DwFwdArgs<T>& a, int64_t begin, int64_t end)
   int32_t nbr[kMaxTaps];
   int32_t tap[kMaxTaps];
   for (int64_t p = begin; p < end; ++p) {
-    const index::Site s = index::decode(a.row_pos[p], a.H, a.W);
-    const int n = gather_neighbours(a.inv_map, s, a.H, a.W, a.K, +1, nbr, tap);
+    const index::Site s = index::decode(a.row_pos[p], a.B, a.H, a.W);
+    const int n = gather_neighbours(a.inv_map, s, a.N, a.H, a.W, a.K, +1, nbr, tap);
     for_channel_blocks<T>(a.C, FwdBody<T>{a, n, nbr, tap, a.y + p * a.C});
   }
 }
@@ -197,8 +198,8 @@ MMK_INLINE void bwd_rows_impl(const DwBwdArgs<T>& a, int64_t begin, int64_t end,
   std::fill(dwp, dwp + a.K * a.K * a.C, acc_t<T>(0));
   std::fill(dbp, dbp + a.C, acc_t<T>(0));
   for (int64_t q = begin; q < end; ++q) {
-    const index::Site s = index::decode(a.row_pos[q], a.H, a.W);
-    const int n = gather_neighbours(a.inv_map, s, a.H, a.W, a.K, -1, nbr, tap);
+    const index::Site s = index::decode(a.row_pos[q], a.B, a.H, a.W);
+    const int n = gather_neighbours(a.inv_map, s, a.N, a.H, a.W, a.K, -1, nbr, tap);
     for_channel_blocks<T>(a.C, BwdBody<T>{a, q, n, nbr, tap, dwp, dbp});
   }
 }
@@ -232,6 +233,7 @@ at::Tensor sparse_dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight, co
                                const at::Tensor& row_pos, const at::Tensor& inv_map) {
   check_sparse_dwconv(x, weight, bias, row_pos, inv_map);
   TORCH_INTERNAL_ASSERT(x.device().is_cpu());
+  check_layout_values_cpu(row_pos, inv_map, "sparse_dwconv2d");
   const int64_t N = x.size(0), C = x.size(1), K = weight.size(2);
   const at::Tensor w = taps_major(weight);
   const at::Tensor b = bias.has_value() ? bias->to(w.scalar_type()).contiguous() : at::Tensor();
@@ -240,8 +242,8 @@ at::Tensor sparse_dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight, co
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_cpu", [&] {
     using A = acc_t<scalar_t>;
     const DwFwdArgs<scalar_t> a{x.data_ptr<scalar_t>(), w.data_ptr<A>(), b.defined() ? b.data_ptr<A>() : nullptr,
-                                row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), inv_map.size(1),
-                                inv_map.size(2), K, C, y.data_ptr<scalar_t>()};
+                                row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), inv_map.size(0), N,
+                                inv_map.size(1), inv_map.size(2), K, C, y.data_ptr<scalar_t>()};
     at::parallel_for(0, N, kFwdGrain, [&](int64_t begin, int64_t end) { fwd_rows(a, begin, end); });
   });
   return y;
@@ -254,6 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cpu(cons
                                                                              const at::Tensor& inv_map) {
   check_sparse_dwconv_backward(grad_out, x, weight, row_pos, inv_map);
   TORCH_INTERNAL_ASSERT(x.device().is_cpu());
+  check_layout_values_cpu(row_pos, inv_map, "sparse_dwconv2d_backward");
   const int64_t N = x.size(0), C = x.size(1), K = weight.size(2), KK = K * K;
   const at::Tensor w = taps_major(weight);
   const auto acc = w.scalar_type();
@@ -268,8 +271,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cpu(cons
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_backward_cpu", [&] {
     using A = acc_t<scalar_t>;
     const DwBwdArgs<scalar_t> a{grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<A>(),
-                                row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), inv_map.size(1),
-                                inv_map.size(2), K, C, dx.data_ptr<scalar_t>(), dw_part.data_ptr<A>(),
+                                row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), inv_map.size(0), N,
+                                inv_map.size(1), inv_map.size(2), K, C, dx.data_ptr<scalar_t>(), dw_part.data_ptr<A>(),
                                 db_part.data_ptr<A>()};
     at::parallel_for(0, parts, 1, [&](int64_t pbegin, int64_t pend) {
       for (int64_t s = pbegin; s < pend; ++s) {

@@ -1,5 +1,6 @@
 // Global Response Normalization on packed rows grouped by sample: CUDA kernels (twin of
-// csrc/cpu/grn.cpp: same checks, same order, same (group, part) split of the rows).
+// csrc/cpu/grn.cpp: same argument checks, same order, same (group, part) split of the rows; offset values are
+// checked on CPU only, clamped here: see part_rows).
 //
 // Forward: partial sums of x^2 per (group, part) -> per-group statistics -> y = x * scale + beta.
 // Backward: partial sums of g*x and g -> per-group coefficients -> dx = g * scale + x * coef, and a
@@ -19,11 +20,16 @@ namespace {
 
 constexpr int64_t kRowsPerPart = 256;
 
-// Rows of part `s` of group `g`: the group is a sample (offsets) or the whole batch.
+// Rows of part `s` of group `g`: the group is a sample (offsets) or the whole batch. Offsets are not
+// checked on the device (a host sync); instead a group's range is clamped into [0, N] and to
+// begin <= end, so corrupt offsets give wrong statistics for the affected groups, never an access
+// outside x. The CPU kernel refuses them (offsets must start at 0, end at N and not decrease).
 __device__ __forceinline__ void part_rows(const int32_t* offsets, bool batch_stats, int64_t N, int64_t g, int64_t s,
                                           int64_t S, int64_t* lo, int64_t* hi) {
-  const int64_t begin = batch_stats ? 0 : offsets[g];
-  const int64_t end = batch_stats ? N : offsets[g + 1];
+  int64_t begin = batch_stats ? 0 : offsets[g];
+  int64_t end = batch_stats ? N : offsets[g + 1];
+  begin = begin < 0 ? 0 : (begin > N ? N : begin);
+  end = end < begin ? begin : (end > N ? N : end);
   index::split_range(begin, end, s, S, lo, hi);
 }
 

@@ -6,7 +6,8 @@
 // neighbours read as zero; no atomics. The input gradient is the same gather with the flipped
 // kernel. The weight gradient is per-part partials [parts, K*K, C], one thread per channel with the
 // K*K accumulators in registers (K = 3, 5, 7 compiled; other odd K take a generic kernel), followed
-// by a fixed-order reduction.
+// by a fixed-order reduction. Corrupt layouts (positions outside B*H*W, inv_map entries that are not
+// rows) read as inactive sites: never an access outside the tensors (sparse_index.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -32,17 +33,18 @@ struct alignas(sizeof(T) * VEC) Pack {
 template <typename T, typename A, int VEC>
 __global__ void dwconv_gather_kernel(const T* __restrict__ x, const A* __restrict__ w, const A* __restrict__ bias,
                                      const int32_t* __restrict__ row_pos, const int32_t* __restrict__ inv_map,
-                                     int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, T* __restrict__ y) {
+                                     int64_t B, int64_t N, int64_t H, int64_t W, int64_t K, int64_t C,
+                                     T* __restrict__ y) {
   const int64_t CV = C / VEC;  // the host guarantees C % VEC == 0
   const int64_t total = N * CV;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t p = i / CV, c0 = (i - p * CV) * VEC;
-    const index::Site s = index::decode(row_pos[p], H, W);
+    const index::Site s = index::decode(row_pos[p], B, H, W);
     A acc[VEC];
 #pragma unroll
     for (int j = 0; j < VEC; ++j) acc[j] = bias ? bias[c0 + j] : A(0);
     for (int64_t t = 0; t < K * K; ++t) {
-      const int32_t q = index::neighbour_row(inv_map, s, H, W, index::tap_dh(t, K), index::tap_dw(t, K));
+      const int32_t q = index::neighbour_row(inv_map, s, H, W, N, index::tap_dh(t, K), index::tap_dw(t, K));
       if (q < 0) continue;
       const Pack<T, VEC> xv = *reinterpret_cast<const Pack<T, VEC>*>(x + int64_t(q) * C + c0);
       const A* wt = w + t * C + c0;
@@ -68,15 +70,15 @@ int vec_width(int64_t C, std::initializer_list<const void*> ptrs) {
 }
 
 template <typename T, typename A>
-void launch_gather(const T* x, const A* w, const A* bias, const int32_t* row_pos, const int32_t* inv_map, int64_t N,
-                   int64_t H, int64_t W, int64_t K, int64_t C, T* y, cudaStream_t stream) {
+void launch_gather(const T* x, const A* w, const A* bias, const int32_t* row_pos, const int32_t* inv_map, int64_t B,
+                   int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, T* y, cudaStream_t stream) {
   constexpr int V = static_cast<int>(16 / sizeof(T));
   if (vec_width<T>(C, {x, y}) == V) {
-    dwconv_gather_kernel<T, A, V><<<blocks_for(N * (C / V)), kThreads, 0, stream>>>(x, w, bias, row_pos, inv_map, N,
-                                                                                   H, W, K, C, y);
+    dwconv_gather_kernel<T, A, V><<<blocks_for(N * (C / V)), kThreads, 0, stream>>>(x, w, bias, row_pos, inv_map, B,
+                                                                                   N, H, W, K, C, y);
   } else {
-    dwconv_gather_kernel<T, A, 1><<<blocks_for(N * C), kThreads, 0, stream>>>(x, w, bias, row_pos, inv_map, N, H, W,
-                                                                             K, C, y);
+    dwconv_gather_kernel<T, A, 1><<<blocks_for(N * C), kThreads, 0, stream>>>(x, w, bias, row_pos, inv_map, B, N, H,
+                                                                             W, K, C, y);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -86,8 +88,8 @@ void launch_gather(const T* x, const A* w, const A* bias, const int32_t* row_pos
 template <typename T, typename A, int K>
 __global__ void dwconv_wgrad_partial_kernel_k(const T* __restrict__ dy, const T* __restrict__ x,
                                               const int32_t* __restrict__ row_pos,
-                                              const int32_t* __restrict__ inv_map, int64_t N, int64_t H, int64_t W,
-                                              int64_t C, int64_t parts, A* __restrict__ dw_part,
+                                              const int32_t* __restrict__ inv_map, int64_t B, int64_t N, int64_t H,
+                                              int64_t W, int64_t C, int64_t parts, A* __restrict__ dw_part,
                                               A* __restrict__ db_part) {
   const int64_t part = blockIdx.x;
   const int64_t c = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
@@ -99,12 +101,12 @@ __global__ void dwconv_wgrad_partial_kernel_k(const T* __restrict__ dy, const T*
   for (int t = 0; t < K * K; ++t) acc[t] = A(0);
   A db = 0;
   for (int64_t p = lo; p < hi; ++p) {
-    const index::Site s = index::decode(row_pos[p], H, W);
+    const index::Site s = index::decode(row_pos[p], B, H, W);
     const A g = static_cast<A>(dy[p * C + c]);
     db += g;
 #pragma unroll
     for (int t = 0; t < K * K; ++t) {
-      const int32_t q = index::neighbour_row(inv_map, s, H, W, index::tap_dh(t, K), index::tap_dw(t, K));
+      const int32_t q = index::neighbour_row(inv_map, s, H, W, N, index::tap_dh(t, K), index::tap_dw(t, K));
       if (q >= 0) acc[t] += g * static_cast<A>(x[int64_t(q) * C + c]);
     }
   }
@@ -117,8 +119,8 @@ __global__ void dwconv_wgrad_partial_kernel_k(const T* __restrict__ dy, const T*
 template <typename T, typename A>
 __global__ void dwconv_wgrad_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                             const int32_t* __restrict__ row_pos, const int32_t* __restrict__ inv_map,
-                                            int64_t N, int64_t H, int64_t W, int64_t K, int64_t C, int64_t parts,
-                                            A* __restrict__ dw_part, A* __restrict__ db_part) {
+                                            int64_t B, int64_t N, int64_t H, int64_t W, int64_t K, int64_t C,
+                                            int64_t parts, A* __restrict__ dw_part, A* __restrict__ db_part) {
   const int64_t part = blockIdx.x;
   const int64_t c = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
   if (c >= C) return;
@@ -130,8 +132,8 @@ __global__ void dwconv_wgrad_partial_kernel(const T* __restrict__ dy, const T* _
   for (int64_t t = 0; t < K * K; ++t) {
     A acc = 0;
     for (int64_t p = lo; p < hi; ++p) {
-      const index::Site s = index::decode(row_pos[p], H, W);
-      const int32_t q = index::neighbour_row(inv_map, s, H, W, index::tap_dh(t, K), index::tap_dw(t, K));
+      const index::Site s = index::decode(row_pos[p], B, H, W);
+      const int32_t q = index::neighbour_row(inv_map, s, H, W, N, index::tap_dh(t, K), index::tap_dw(t, K));
       if (q >= 0) acc += static_cast<A>(dy[p * C + c]) * static_cast<A>(x[int64_t(q) * C + c]);
     }
     dw_part[(part * K * K + t) * C + c] = acc;
@@ -169,8 +171,8 @@ at::Tensor sparse_dwconv2d_cuda(const at::Tensor& x, const at::Tensor& weight, c
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_cuda", [&] {
     using A = acc_t<scalar_t>;
     launch_gather<scalar_t, A>(x.data_ptr<scalar_t>(), w.data_ptr<A>(), b.defined() ? b.data_ptr<A>() : nullptr,
-                               row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), N, inv_map.size(1),
-                               inv_map.size(2), K, C, y.data_ptr<scalar_t>(), stream);
+                               row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), inv_map.size(0), N,
+                               inv_map.size(1), inv_map.size(2), K, C, y.data_ptr<scalar_t>(), stream);
   });
   return y;
 }
@@ -200,9 +202,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cuda(con
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_backward_cuda", [&] {
     using A = acc_t<scalar_t>;
-    const int64_t H = inv_map.size(1), W = inv_map.size(2);
+    const int64_t B = inv_map.size(0), H = inv_map.size(1), W = inv_map.size(2);
     launch_gather<scalar_t, A>(grad_out.data_ptr<scalar_t>(), w_flip.data_ptr<A>(), nullptr,
-                               row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), N, H, W, K, C,
+                               row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), B, N, H, W, K, C,
                                dx.data_ptr<scalar_t>(), stream);
     const dim3 grid(static_cast<unsigned int>(parts), static_cast<unsigned int>((C + kThreads - 1) / kThreads));
     const scalar_t* gp = grad_out.data_ptr<scalar_t>();
@@ -213,20 +215,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cuda(con
     A* dbp = db_part.data_ptr<A>();
     switch (K) {
       case 3:
-        dwconv_wgrad_partial_kernel_k<scalar_t, A, 3><<<grid, kThreads, 0, stream>>>(gp, xp, rp, ip, N, H, W, C,
-                                                                                      parts, dwp, dbp);
+        dwconv_wgrad_partial_kernel_k<scalar_t, A, 3><<<grid, kThreads, 0, stream>>>(gp, xp, rp, ip, B, N, H, W,
+                                                                                      C, parts, dwp, dbp);
         break;
       case 5:
-        dwconv_wgrad_partial_kernel_k<scalar_t, A, 5><<<grid, kThreads, 0, stream>>>(gp, xp, rp, ip, N, H, W, C,
-                                                                                      parts, dwp, dbp);
+        dwconv_wgrad_partial_kernel_k<scalar_t, A, 5><<<grid, kThreads, 0, stream>>>(gp, xp, rp, ip, B, N, H, W,
+                                                                                      C, parts, dwp, dbp);
         break;
       case 7:
-        dwconv_wgrad_partial_kernel_k<scalar_t, A, 7><<<grid, kThreads, 0, stream>>>(gp, xp, rp, ip, N, H, W, C,
-                                                                                      parts, dwp, dbp);
+        dwconv_wgrad_partial_kernel_k<scalar_t, A, 7><<<grid, kThreads, 0, stream>>>(gp, xp, rp, ip, B, N, H, W,
+                                                                                      C, parts, dwp, dbp);
         break;
       default:
-        dwconv_wgrad_partial_kernel<scalar_t, A><<<grid, kThreads, 0, stream>>>(gp, xp, rp, ip, N, H, W, K, C, parts,
-                                                                                dwp, dbp);
+        dwconv_wgrad_partial_kernel<scalar_t, A><<<grid, kThreads, 0, stream>>>(gp, xp, rp, ip, B, N, H, W, K, C,
+                                                                                parts, dwp, dbp);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     sum_parts_kernel<A><<<blocks_for(KK * C), kThreads, 0, stream>>>(dw_part.data_ptr<A>(), parts, KK * C,

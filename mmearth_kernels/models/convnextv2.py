@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import layout as L
-from ..masking import num_kept  # noqa: F401  (re-exported for callers building masks)
+from ..masking import check_mask, num_kept  # noqa: F401  (num_kept re-exported for callers building masks)
 from ..ops import grn, sparse_dwconv2d
 from . import sparse_layers as S
 
@@ -182,18 +182,20 @@ class ConvNeXtV2Encoder(nn.Module):
         Returns ``[B, dims[-1], g, g]``, zero at masked positions.
         """
         self._check_mode()
-        B = x.shape[0]
         want = (self.in_chans, self.img_size, self.img_size)
+        if not isinstance(x, torch.Tensor) or not x.dtype.is_floating_point:
+            raise TypeError(f"x must be a floating-point tensor [B, {want[0]}, {want[1]}, {want[2]}], got "
+                            f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
         if x.dim() != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"x must be [B, {want[0]}, {want[1]}, {want[2]}] (in_chans, img_size, img_size), "
                              f"got {tuple(x.shape)}")
-        g = self.grid
+        B, g = x.shape[0], self.grid
         if mask is None:
             mask = torch.zeros(B, g, g, dtype=torch.bool, device=x.device)
             kept = g * g
-        if mask.dim() != 3 or tuple(mask.shape) != (B, g, g):
-            raise ValueError(f"mask must be [B, {g}, {g}] (img_size / patch_size = {g}), got {tuple(mask.shape)}")
-        mask = mask.bool()
+        mask = check_mask(mask, B, g, kept)
+        if mask.device != x.device:
+            raise ValueError(f"mask is on {mask.device} but x is on {x.device}")
         if self.backend in ("dense", "dense-plain"):
             return self._forward_dense(x, mask, remask=self.backend == "dense")
         if self.backend == "minkowski":
@@ -211,7 +213,8 @@ class ConvNeXtV2Encoder(nn.Module):
         spatial op, GRN statistics over active sites); False: ``dense-plain``, only the input masked."""
         g = self.grid
         a_in = self._active(mask, self.img_size, x.dtype)
-        x = (x * a_in).contiguous(memory_format=torch.channels_last)  # masked pixels are absent from the start
+        # masked pixels are absent from the start: selected away, not multiplied (NaN * 0 is NaN)
+        x = torch.where(a_in.bool(), x, x.new_zeros(())).contiguous(memory_format=torch.channels_last)
         if remask:
             a = [self._active(mask, g * 8 >> i, x.dtype).contiguous(memory_format=torch.channels_last)
                  for i in range(4)]

@@ -85,7 +85,7 @@ def _grn(x, grn, stats: str, eps: float = 1e-6):
         gid = x.C[:, 0].long().to(f.device)
         groups = int(gid.max()) + 1 if gid.numel() else 1
     sq = f.new_zeros(groups, f.shape[1]).index_add(0, gid, f * f)
-    nz = sq > 0
+    nz = sq != 0  # NaN propagates, as in grn_ref
     g = torch.where(nz, sq, torch.ones_like(sq)).sqrt() * nz
     nx = g / (g.mean(dim=-1, keepdim=True) + eps)
     return _replace(x, gamma * (f * nx[gid]) + beta + f)

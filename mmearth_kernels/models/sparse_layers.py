@@ -76,4 +76,4 @@ def strided_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
         return y + bias if bias is not None else y
     cout = weight.shape[0]
     w = weight.permute(0, 2, 3, 1).reshape(cout, -1)               # (cout, dy, dx, cin)
-    return F.linear(cols.reshape(n, -1), w, bias)
+    return F.linear(cols.reshape(n, w.shape[1]), w, bias)          # explicit: n may be 0 (all masked)

@@ -76,9 +76,8 @@ if _triton.HAS_TRITON:
     grn_triton.register_autograd(_autograd_for(grn_backward_triton), setup_context=_setup_context)
 
 
-def _offsets_for(x2: torch.Tensor, groups, dense_batch: int | None) -> torch.Tensor:
-    if dense_batch is not None:
-        rows = x2.shape[0] // dense_batch
+def _offsets_for(x2: torch.Tensor, groups, dense_batch: int | None, rows: int = 0) -> torch.Tensor:
+    if dense_batch is not None:  # rows per sample of the dense layout
         return torch.arange(dense_batch + 1, dtype=torch.int32, device=x2.device) * rows
     if isinstance(groups, SparseLayout):
         if groups.num_rows != x2.shape[0]:
@@ -88,8 +87,8 @@ def _offsets_for(x2: torch.Tensor, groups, dense_batch: int | None) -> torch.Ten
     if not isinstance(groups, torch.Tensor):
         raise TypeError("offsets must be a SparseLayout or a [B + 1] int32 tensor for packed [N, C] input, got "
                         f"{type(groups).__name__}")
-    if groups.dtype != torch.int32 or groups.dim() != 1 or groups.shape[0] < 2:
-        raise ValueError(f"offsets must be a 1-D int32 tensor of B + 1 >= 2 row offsets, got "
+    if groups.dtype != torch.int32 or groups.dim() != 1 or groups.shape[0] < 1:
+        raise ValueError(f"offsets must be a 1-D int32 tensor of B + 1 >= 1 row offsets, got "
                          f"{tuple(groups.shape)} {groups.dtype}")
     if groups.device != x2.device:
         raise ValueError(f"offsets is on {groups.device} but x is on {x2.device}")
@@ -123,7 +122,10 @@ def grn(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
     elif x.dim() in (3, 4):
         if offsets is not None:
             raise ValueError(f"dense input {tuple(x.shape)} takes no offsets (one group per sample)")
-        x2, dense_batch = x.reshape(x.shape[0], -1, x.shape[-1]).reshape(-1, x.shape[-1]), x.shape[0]
+        rows = 1
+        for d in x.shape[1:-1]:
+            rows *= d
+        x2, dense_batch = x.reshape(x.shape[0] * rows, x.shape[-1]), x.shape[0]  # explicit: B may be 0
     else:
         raise ValueError(f"x must be [N, C] (packed), [B, L, C] or [B, H, W, C] (dense), got {tuple(x.shape)}")
     C = x.shape[-1]
@@ -132,8 +134,10 @@ def grn(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
         _impl.check_tensor(t, name, like=x)
         if t.numel() != C:
             raise ValueError(f"{name} must hold C = {C} values (x's last dim), got shape {tuple(t.shape)}")
-    off = _offsets_for(x2, offsets, dense_batch)
+    off = _offsets_for(x2, offsets, dense_batch, rows if dense_batch is not None else 0)
     impl = _impl.resolve(OP, impl, x.device)
+    if off.shape[0] < 2:  # an empty batch: no sample, nothing to normalise; the reference handles it
+        impl = "ref"
     g, b = gamma.reshape(C), beta.reshape(C)
     batch_stats = stats == "batch"
     if impl == "ref":

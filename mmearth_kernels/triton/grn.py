@@ -33,9 +33,9 @@ def _part_rows(offsets_ptr, g, s, S, N, BATCH: tl.constexpr):
     if BATCH:
         begin = N * 0
         end = N * 1
-    else:
-        begin = tl.load(offsets_ptr + g).to(tl.int64)
-        end = tl.load(offsets_ptr + g + 1).to(tl.int64)
+    else:  # clamped into [0, N], begin <= end: corrupt offsets never read outside x (as the CUDA kernel)
+        begin = tl.minimum(tl.maximum(tl.load(offsets_ptr + g).to(tl.int64), 0), N)
+        end = tl.minimum(tl.maximum(tl.load(offsets_ptr + g + 1).to(tl.int64), begin), N)
     n = end - begin
     return begin + (n * s) // S, begin + (n * (s + 1)) // S
 

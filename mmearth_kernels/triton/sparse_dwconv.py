@@ -34,10 +34,13 @@ _WGRAD_CONFIGS = autotune_configs([
 
 @triton.autotune(configs=_FWD_CONFIGS, key=["C", "K", "HAS_BIAS", "H"])
 @triton.jit
-def _gather_kernel(x_ptr, w_ptr, b_ptr, row_pos_ptr, inv_map_ptr, y_ptr, N, C, H, W,
+def _gather_kernel(x_ptr, w_ptr, b_ptr, row_pos_ptr, inv_map_ptr, y_ptr, N, C, H, W, SITES,
                    K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
                    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """y[p, c] = bias[c] + sum_t w[t, c] * x[q_t(p), c]   over the active neighbours q_t(p) of row p."""
+    """y[p, c] = bias[c] + sum_t w[t, c] * x[q_t(p), c]   over the active neighbours q_t(p) of row p.
+
+    As the C++ kernels (csrc/sparse_index.h): a position outside the SITES = B*H*W sites has no
+    neighbours and an inv_map entry outside [0, N) reads as inactive, so nothing is read out of bounds."""
     pid_r = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1).to(tl.int64)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -45,6 +48,7 @@ def _gather_kernel(x_ptr, w_ptr, b_ptr, row_pos_ptr, inv_map_ptr, y_ptr, N, C, H
     rmask = rows < N
     cmask = cols < C
     pos = tl.load(row_pos_ptr + rows, mask=rmask, other=0).to(tl.int64)
+    pvalid = rmask & (pos >= 0) & (pos < SITES)
     hw = H * W
     b = pos // hw
     rem = pos - b * hw
@@ -54,9 +58,10 @@ def _gather_kernel(x_ptr, w_ptr, b_ptr, row_pos_ptr, inv_map_ptr, y_ptr, N, C, H
     for t in tl.static_range(K * K):
         hh = h + (t // K - K // 2)
         ww = w + (t % K - K // 2)
-        inside = rmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        inside = pvalid & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
         q = tl.load(inv_map_ptr + (b * H + hh) * W + ww, mask=inside, other=-1).to(tl.int64)
-        xv = tl.load(x_ptr + q[:, None] * C + cols[None, :], mask=(q >= 0)[:, None] & cmask[None, :], other=0.0)
+        xv = tl.load(x_ptr + q[:, None] * C + cols[None, :], mask=((q >= 0) & (q < N))[:, None] & cmask[None, :],
+                     other=0.0)
         wv = tl.load(w_ptr + t * C + cols, mask=cmask, other=0.0)
         acc += xv.to(ACC) * wv[None, :]
     if HAS_BIAS:
@@ -67,7 +72,7 @@ def _gather_kernel(x_ptr, w_ptr, b_ptr, row_pos_ptr, inv_map_ptr, y_ptr, N, C, H
 
 @triton.autotune(configs=_WGRAD_CONFIGS, key=["C", "K", "H"], reset_to_zero=["dw_part_ptr", "db_part_ptr"])
 @triton.jit
-def _wgrad_kernel(dy_ptr, x_ptr, row_pos_ptr, inv_map_ptr, dw_part_ptr, db_part_ptr, N, C, H, W, PARTS,
+def _wgrad_kernel(dy_ptr, x_ptr, row_pos_ptr, inv_map_ptr, dw_part_ptr, db_part_ptr, N, C, H, W, SITES, PARTS,
                   K: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
     """dw_part[part, t, c] = sum over rows p of the part of dy[p, c] * x[q_t(p), c]; db_part[part, c] = sum dy."""
     part = tl.program_id(0).to(tl.int64)
@@ -82,6 +87,7 @@ def _wgrad_kernel(dy_ptr, x_ptr, row_pos_ptr, inv_map_ptr, dw_part_ptr, db_part_
         rows = r0 + tl.arange(0, BLOCK_R)
         rmask = rows < hi
         pos = tl.load(row_pos_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        pvalid = rmask & (pos >= 0) & (pos < SITES)
         b = pos // hw
         rem = pos - b * hw
         h = rem // W
@@ -92,9 +98,9 @@ def _wgrad_kernel(dy_ptr, x_ptr, row_pos_ptr, inv_map_ptr, dw_part_ptr, db_part_
         for t in tl.static_range(K * K):
             hh = h + (t // K - K // 2)
             ww = w + (t % K - K // 2)
-            inside = rmask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+            inside = pvalid & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
             q = tl.load(inv_map_ptr + (b * H + hh) * W + ww, mask=inside, other=-1).to(tl.int64)
-            xv = tl.load(x_ptr + q[:, None] * C + cols[None, :], mask=(q >= 0)[:, None] & cmask[None, :],
+            xv = tl.load(x_ptr + q[:, None] * C + cols[None, :], mask=((q >= 0) & (q < N))[:, None] & cmask[None, :],
                          other=0.0).to(ACC)
             slot = dw_part_ptr + (part * K * K + t) * C + cols
             tl.store(slot, tl.load(slot, mask=cmask, other=0.0) + tl.sum(dy * xv, axis=0), mask=cmask)
@@ -126,7 +132,7 @@ def forward(x, weight, bias, row_pos, inv_map) -> torch.Tensor:
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
 
-    _gather_kernel[grid](x, w, b, row_pos, inv_map, y, N, C, H, W, K=K, HAS_BIAS=bias is not None,
+    _gather_kernel[grid](x, w, b, row_pos, inv_map, y, N, C, H, W, inv_map.numel(), K=K, HAS_BIAS=bias is not None,
                          ACC=acc_dtype(x.dtype))
     return y
 
@@ -149,7 +155,8 @@ def backward(grad_out, x, weight, row_pos, inv_map):
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
 
-    _gather_kernel[grid](grad_out, w_flip, w_flip, row_pos, inv_map, dx, N, C, H, W, K=K, HAS_BIAS=False, ACC=ACC)
+    _gather_kernel[grid](grad_out, w_flip, w_flip, row_pos, inv_map, dx, N, C, H, W, inv_map.numel(), K=K,
+                         HAS_BIAS=False, ACC=ACC)
     # Parts depend only on N (same rule as the C++ kernels): deterministic partial sums.
     parts = min(max(1, -(-N // 64)), 256)
     dw_part = torch.zeros(parts, KK, C, dtype=w.dtype, device=x.device)
@@ -158,6 +165,7 @@ def backward(grad_out, x, weight, row_pos, inv_map):
     def wgrid(meta):
         return (parts, triton.cdiv(C, meta["BLOCK_C"]))
 
-    _wgrad_kernel[wgrid](grad_out, x, row_pos, inv_map, dw_part, db_part, N, C, H, W, parts, K=K, ACC=ACC)
+    _wgrad_kernel[wgrid](grad_out, x, row_pos, inv_map, dw_part, db_part, N, C, H, W, inv_map.numel(), parts, K=K,
+                         ACC=ACC)
     dw = dw_part.sum(0).t().reshape(C, 1, K, K).to(weight.dtype).contiguous()
     return dx, dw, db_part.sum(0).to(weight.dtype)
