@@ -79,9 +79,10 @@ fi
 stamp "device and versions"
 "$PY" -m mmearth_kernels.info
 "$PY" benchmarks/gpu_env.py --out "$OUT_DIR/env.json" || exit 1
-COPY_GBS=$("$PY" -c "import json; print(json.load(open('$OUT_DIR/env.json')).get('copy_gbs') or '')")
-GPU=$("$PY" -c "import json; g = json.load(open('$OUT_DIR/env.json'))['gpu'] or 'cpu-dry-run'; \
-print(''.join(c if c.isalnum() else '-' for c in g.lower()).strip('-'))")
+# paths go in as arguments, never into the code string (a quote in OUT_DIR would break or inject code)
+COPY_GBS=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1])).get('copy_gbs') or '')" "$OUT_DIR/env.json")
+GPU=$("$PY" -c "import json, sys; g = json.load(open(sys.argv[1]))['gpu'] or 'cpu-dry-run'; \
+print(''.join(c if c.isalnum() else '-' for c in g.lower()).strip('-'))" "$OUT_DIR/env.json")
 NAME="$GPU-$(date +%F)"
 
 PYTEST=("$PY" -m pytest -q -p no:cacheprovider -rfEs --durations=10 "${crash_isolation[@]}")

@@ -64,11 +64,22 @@ def test_grn_bad_input(name):
         mk.grn(kw["x"], kw["gamma"], kw["beta"], kw["offsets"], eps=kw["eps"], stats=kw["stats"])
 
 
-def test_grn_offsets_not_ending_at_n():
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("change", ["end past N", "start not 0", "decreasing"])
+def test_grn_bad_offset_values(change, impl):
+    """Every impl, the reference included, refuses offsets that do not bound the rows (CPU tensors)."""
     off = L28.offsets.clone()
-    off[-1] += 1
-    with pytest.raises(RuntimeError, match="offsets must start at 0 and end at N"):
-        mk.grn(X, G, G, off, impl="cpu")
+    if change == "end past N":
+        off[-1] += 1
+    elif change == "start not 0":
+        off[0] = 1
+    else:
+        off[1] = off[2] + 1
+    with pytest.raises(ValueError, match="offsets must start at 0, end at N"):
+        mk.grn(X, G, G, off, impl=impl)
+    if impl == "cpu":  # direct op calls are checked in C++
+        with pytest.raises(RuntimeError, match="offsets must"):
+            torch.ops.mmearth_kernels.grn(X, G, G, off, 1e-6, False)
 
 
 def test_direct_op_calls_are_checked_in_cpp():

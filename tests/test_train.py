@@ -52,8 +52,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(stem, tmp_path, mon
     real_save = torch.save
 
     def dying_save(obj, f, *a, **k):  # writes half a file, then the process "dies"
-        with open(f, "wb") as fh:
-            fh.write(b"PK\x03\x04 half a checkpoint")
+        f.write(b"PK\x03\x04 half a checkpoint")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dying_save)
@@ -61,6 +60,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(stem, tmp_path, mon
         save_checkpoint(path, model, opt, TrainConfig(), {"step": 2, "epoch": 0, "position": 2})
     monkeypatch.setattr(torch, "save", real_save)
     assert load_checkpoint(path)["step"] == 1
+    assert os.listdir(tmp_path) == ["last.pt"]  # the half-written temporary file is gone too
 
 
 def test_non_finite_loss_stops_with_a_clear_message(stem, tmp_path):

@@ -63,6 +63,8 @@ class TrainConfig:
     ckpt_every: int = _f(100, "steps between checkpoints (and one at the end)")
     png_every: int = _f(100, "steps between reconstruction pictures (0 = never)")
     resume: str = _f("", "checkpoint to resume from, or 'auto' for <out>/last.pt")
+    allow_resume_changes: bool = _f(False, "resume even though batch size, accumulation, seed or process count differ "
+                                           "from the checkpoint's (the run then differs from an uninterrupted one)")
     stop_after: int = _f(0, "end this run after N optimiser steps, writing a checkpoint (time-limited jobs: "
                             "--resume auto continues the same schedule)")
     progress: bool = _f(True, "show a progress bar")
@@ -99,6 +101,62 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+class ConfigError(ValueError):
+    """A bad option: the message names it (``--batch-size``) and says what is expected."""
+
+
+def _opt(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Every option checked before anything runs; raises ConfigError naming the first bad one."""
+    from mmearth_kernels.models.convnextv2 import BACKENDS, GRN_STATS, SIZES
+    from mmearth_kernels.models.mpmae import resolve_tasks
+    from mmearth_kernels.ops import IMPLS
+
+    def need(ok: bool, name: str, what: str):
+        if not ok:
+            raise ConfigError(f"{_opt(name)} must be {what}, got {getattr(cfg, name)!r}")
+
+    for f in dataclasses.fields(TrainConfig):  # the types first (a dataclass does not check them)
+        v, t = getattr(cfg, f.name), f.type if isinstance(f.type, str) else f.type.__name__
+        ok = {"bool": isinstance(v, bool), "int": isinstance(v, int) and not isinstance(v, bool),
+              "float": isinstance(v, (int, float)) and not isinstance(v, bool), "str": isinstance(v, str)}[t]
+        need(ok, f.name, f"a{'n' if t == 'int' else ''} {t}")
+    for name in ("batch_size", "accum", "log_every", "ckpt_every", "patch_size", "decoder_dim", "crop"):
+        need(getattr(cfg, name) >= 1, name, "a positive int")
+    for name in ("png_every", "steps", "stop_after", "warmup_steps"):
+        need(getattr(cfg, name) >= 0, name, "an int >= 0")
+    for name in ("lr", "weight_decay", "clip_grad", "warmup_epochs"):
+        v = getattr(cfg, name)
+        need(v == v and 0 <= v < float("inf"), name, "a finite number >= 0")
+    need(cfg.blr == cfg.blr and 0 < cfg.blr < float("inf"), "blr", "a finite number > 0")
+    need(cfg.steps > 0 or (cfg.epochs == cfg.epochs and 0 < cfg.epochs < float("inf")), "epochs",
+         "a finite number > 0 (or give --steps)")
+    need(cfg.workers >= -1, "workers", "-1 (auto), 0 or a positive int")
+    need(0.0 <= cfg.mask_ratio <= 1.0, "mask_ratio", "in [0, 1]")
+    need(cfg.patch_size % 8 == 0, "patch_size", "a multiple of 8")
+    need(cfg.crop % cfg.patch_size == 0, "crop", f"a multiple of --patch-size {cfg.patch_size}")
+    need(cfg.model in SIZES, "model", f"one of {', '.join(SIZES)}")
+    need(cfg.backend in BACKENDS, "backend", f"one of {', '.join(BACKENDS)}")
+    need(cfg.impl in IMPLS, "impl", f"one of {', '.join(IMPLS)}")
+    need(cfg.grn_stats in GRN_STATS, "grn_stats", f"one of {', '.join(GRN_STATS)}")
+    need(cfg.decoder in ("shared", "per_task"), "decoder", "shared or per_task")
+    need(cfg.loss_weighting in ("uncertainty", "unweighted"), "loss_weighting", "uncertainty or unweighted")
+    need(cfg.init in ("mmearth", "standard"), "init", "mmearth or standard")
+    need(cfg.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
+    if cfg.precision == "fp16":
+        raise ConfigError("--precision fp16 is not supported (it would need loss scaling): use bf16, which needs none, "
+                          "or fp32")
+    need(cfg.precision in ("auto", "fp32", "bf16"), "precision", "auto, fp32 or bf16")
+    try:
+        resolve_tasks(cfg.tasks if cfg.tasks in ("all", "s2", "pixel", "image") else tuple(cfg.tasks.split(",")))
+    except ValueError as e:
+        raise ConfigError(f"--tasks: {e}") from None
+    return cfg
+
+
 def parse_config(argv=None) -> TrainConfig:
     args = build_parser().parse_args(argv)
     values = dict(PRESETS[args.preset]) if args.preset else {}
@@ -106,4 +164,4 @@ def parse_config(argv=None) -> TrainConfig:
         v = getattr(args, f.name)
         if v is not None:
             values[f.name] = v
-    return TrainConfig(**values)
+    return validate(TrainConfig(**values))

@@ -39,9 +39,11 @@ from mmearth_kernels.models import MPMAE
 from mmearth_kernels.models.mpmae import TASK_SETS
 
 from .batches import DeviceBatches, MicroBatches, default_workers
-from .config import TrainConfig, parse_config
+from .checkpoint import CheckpointError, check_resumable, load_checkpoint, load_state, save_checkpoint, trim_metrics
+from .config import ConfigError, TrainConfig, parse_config, validate
+from .files import WriteError, remove_stale_temps
 from .data import MMEarthDataset
-from .data.reader import device_stats
+from .data.reader import DataError, device_stats
 from .step import GraphedTrainStep, TrainStep, make_optimizer
 from .viz import save_reconstruction
 
@@ -75,14 +77,33 @@ def prepare_data(cfg: TrainConfig, rank: int) -> tuple[str, str | None]:
             print(f"[train] making synthetic MMEarth64-format data in {root} (first use only)", file=sys.stderr)
             # gzip level 1: the same arrays as the default level 4 in 3/4 of the time (the noisy synthetic
             # bands barely compress either way), and the demo reads them through the cache anyway
-            write_dataset(root, tiles=2000, size=64, seed=0, stem="synthetic_2000_64", compression_level=1)
+            try:  # an interrupted earlier write of ours is replaced; files of anyone else are not
+                write_dataset(root, tiles=2000, size=64, seed=0, stem="synthetic_2000_64", compression_level=1)
+            except FileExistsError as e:
+                raise DataError(f"--data-dir {root}: {e}; these files were not made by an interrupted demo "
+                                f"run, so they are left alone: remove them or pick another --data-dir") from None
     cache = None
     if cfg.cache:
         cache = stem + "_cache"
-        if rank == 0 and not os.path.exists(os.path.join(cache, "manifest.json")):
-            from .data.cache import build_cache
+        if rank == 0 and os.path.isfile(stem + ".h5"):
+            from .data.cache import build_cache, open_cache
+            from .data.reader import ALL_TASKS
 
-            build_cache(stem, cache, overwrite=os.path.exists(cache))
+            why = None
+            if not os.path.exists(cache):
+                why = "first use"
+            else:
+                try:
+                    open_cache(cache, stem + ".h5", ALL_TASKS)
+                except DataError as e:  # incomplete, damaged or stale: rebuilt if it is ours (build_cache checks)
+                    why = str(e)
+            if why is not None:
+                if why != "first use":
+                    print(f"[train] rebuilding the cache: {why}", file=sys.stderr)
+                try:
+                    build_cache(stem, cache, overwrite=os.path.exists(cache))
+                except FileExistsError as e:
+                    raise DataError(f"--cache: {e}") from None
     if dist.is_initialized():
         dist.barrier()
     return stem, cache
@@ -110,24 +131,11 @@ def step_mask(model: MPMAE, cfg: TrainConfig, step: int, micro: int, rank: int, 
     return mask
 
 
-# -- checkpoints --------------------------------------------------------------------------------
-def save_checkpoint(path: str, model, opt, cfg: TrainConfig, state: dict) -> None:
-    """Atomic: write a temporary file in the same directory, then rename over the old one."""
-    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": dataclasses.asdict(cfg),
-            "rng_cpu": torch.get_rng_state(), **state}
-    if torch.cuda.is_available():
-        ckpt["rng_cuda"] = torch.cuda.get_rng_state_all()
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str):
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 # -- the loop -----------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
+    validate(cfg)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible to torch")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     rank, world = setup_distributed(device)
     torch.manual_seed(cfg.seed + rank)
@@ -139,6 +147,8 @@ def train(cfg: TrainConfig) -> dict:
     if graphs and world > 1:
         raise ValueError("--cuda-graphs with several processes (torchrun) is not supported yet; drop one of them")
     os.makedirs(cfg.out, exist_ok=True)
+    for name in ("last.pt", "metrics.jsonl"):  # what a killed run may have left half-written
+        remove_stale_temps(os.path.join(cfg.out, name))
     stem, cache = prepare_data(cfg, rank)
     on_gpu = device == "cuda"
     # on a GPU the loader returns stored values and the batch is normalised on the device after the copy
@@ -154,9 +164,12 @@ def train(cfg: TrainConfig) -> dict:
         model = model.to(memory_format=torch.channels_last)
     eff_batch = cfg.batch_size * cfg.accum * world
     peak_lr = cfg.lr or cfg.blr * eff_batch / 256
-    source = MicroBatches(ds, cfg.batch_size, seed=cfg.seed, rank=rank, world=world,
-                          workers=default_workers(device, world) if cfg.workers < 0 else cfg.workers,
-                          pin_memory=on_gpu)
+    try:
+        source = MicroBatches(ds, cfg.batch_size, seed=cfg.seed, rank=rank, world=world,
+                              workers=default_workers(device, world) if cfg.workers < 0 else cfg.workers,
+                              pin_memory=on_gpu)
+    except ValueError as e:
+        raise ConfigError(f"--batch-size: {e} (split 'train' of {stem})") from None
     steps_per_epoch = max(1, source.per_epoch() // cfg.accum)
     total = cfg.steps or int(cfg.epochs * steps_per_epoch)
     warmup = cfg.warmup_steps or int(cfg.warmup_epochs * steps_per_epoch)
@@ -165,11 +178,11 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.resume:
         path = os.path.join(cfg.out, "last.pt") if cfg.resume == "auto" else cfg.resume
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+            raise CheckpointError(f"--resume: no checkpoint at {path}")
         ck = load_checkpoint(path)
+        check_resumable(ck, cfg, world, path)
         with sync_point("set-up: the checkpoint's tensors move to the device once"):
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
+            load_state(model, opt, ck, path)
         for g in opt.param_groups:  # a checkpoint of an eager run restores capturable=False
             g["capturable"] = graphs
         step, epoch, position = ck["step"], ck["epoch"], ck["position"]
@@ -177,7 +190,9 @@ def train(cfg: TrainConfig) -> dict:
         if "rng_cuda" in ck and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ck["rng_cuda"])
         if is_main:
-            print(f"[train] resumed {path} at step {step} (epoch {epoch}, batch {position})", file=sys.stderr)
+            dropped = trim_metrics(os.path.join(cfg.out, "metrics.jsonl"), step)  # no step logged twice
+            print(f"[train] resumed {path} at step {step} (epoch {epoch}, batch {position})"
+                  + (f"; dropped {dropped} metrics record(s) after it" if dropped else ""), file=sys.stderr)
     source.start = (epoch, position)
     net = torch.compile(model) if cfg.compile else model
     if world > 1:
@@ -239,7 +254,7 @@ def train(cfg: TrainConfig) -> dict:
                 diag = os.path.join(cfg.out, f"nonfinite-step{first}.pt")
                 if is_main:
                     save_checkpoint(diag, model, opt, cfg, {"step": first, "epoch": epoch, "position": position,
-                                                            "stopped_at_step": step})
+                                                            "world": world, "stopped_at_step": step})
                 raise NonFiniteLoss(f"non-finite loss at step {first} (task(s): {', '.join(bad_tasks) or 'the weighting'}"
                                     f"); diagnostic checkpoint: {diag} (the weights from before that step: it and "
                                     f"the {step - first - 1} step(s) after it were not applied)")
@@ -267,7 +282,7 @@ def train(cfg: TrainConfig) -> dict:
                                     micro_batches[-1], micro_batches[-1]["mask"], kept)
             if ckpt:
                 save_checkpoint(os.path.join(cfg.out, "last.pt"), model, opt, cfg,
-                                {"step": step, "epoch": epoch, "position": position})
+                                {"step": step, "epoch": epoch, "position": position, "world": world})
             if log:
                 window = {"t0": time.perf_counter(), "wait0": batches.wait_s, "samples": 0}
     bar.close()
@@ -281,11 +296,13 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv=None) -> None:
-    cfg = parse_config(argv)
     try:
+        cfg = parse_config(argv)
         result = train(cfg)
     except NonFiniteLoss as e:
         sys.exit(f"[train] stopped: {e}")
+    except (ConfigError, CheckpointError, DataError, WriteError) as e:  # the user's to fix: no traceback
+        sys.exit(f"[train] error: {e}")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

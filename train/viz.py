@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from mmearth_kernels.models import MPMAE
+
+from .files import write_atomically
 
 
 def save_reconstruction(path: str, model: MPMAE, batch: dict, mask: torch.Tensor, kept) -> None:
@@ -57,7 +57,7 @@ def save_reconstruction(path: str, model: MPMAE, batch: dict, mask: torch.Tensor
             axes[r, c].set_title(f"{task}: {title}", fontsize=7)
             axes[r, c].axis("off")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        write_atomically(path, lambda f: fig.savefig(f, dpi=80, format="png"))
+    finally:
+        plt.close(fig)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
+from ..host_sync import host_only
 from .. import triton as _triton
 from ..layout import SparseLayout
 from ..reference import grn_ref
@@ -92,6 +93,12 @@ def _offsets_for(x2: torch.Tensor, groups, dense_batch: int | None, rows: int = 
                          f"{tuple(groups.shape)} {groups.dtype}")
     if groups.device != x2.device:
         raise ValueError(f"offsets is on {groups.device} but x is on {x2.device}")
+    if groups.device.type == "cpu" and not torch.compiler.is_compiling():  # every impl, the reference too
+        with host_only("offsets check: CPU tensors only"):
+            off = groups.long()
+            if int(off[0]) != 0 or int(off[-1]) != x2.shape[0] or bool((off[1:] < off[:-1]).any()):
+                raise ValueError(f"offsets must start at 0, end at N = {x2.shape[0]} (x's rows) and never decrease, "
+                                 f"got {off.tolist()[:8]}{'...' if off.numel() > 8 else ''}")
     return groups
 
 

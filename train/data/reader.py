@@ -24,14 +24,17 @@ class DataError(ValueError):
     """A problem with an MMEarth file: the message names the file and the modality."""
 
 
-def _load_json(path: str, what: str):
+def _load_json(path: str, what: str) -> dict:
     if not os.path.isfile(path):
         raise DataError(f"{path}: {what} file is missing")
     try:
         with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(f"{path}: cannot read {what} ({e})") from e
+            obj = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: cannot read {what} ({e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: {what} must be a JSON object, got a {type(obj).__name__}")
+    return obj
 
 
 def stats_arrays(stats: dict, path: str, names) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -46,11 +49,17 @@ def stats_arrays(stats: dict, path: str, names) -> dict[str, tuple[np.ndarray, n
             entry = stats.get(key)
             if not isinstance(entry, dict) or "mean" not in entry or "std" not in entry:
                 raise DataError(f"{path}: band statistics have no 'mean'/'std' for key {key!r} (modality {name})")
-            mean, std = np.asarray(entry["mean"], np.float32), np.asarray(entry["std"], np.float32)
+            try:
+                mean, std = np.asarray(entry["mean"], np.float32), np.asarray(entry["std"], np.float32)
+            except (TypeError, ValueError) as e:
+                raise DataError(f"{path}: statistics {key!r} are not lists of numbers (modality {name}): {e}") from None
             if mean.shape != (m.channels,) or std.shape != (m.channels,):
                 raise DataError(f"{path}: statistics {key!r} must have {m.channels} values (modality {name}), "
                                 f"got {mean.shape[0]} means and {std.shape[0]} stds")
             ch = list(used_channels(name))
+            if not (np.isfinite(mean[ch]).all() and np.isfinite(std[ch]).all()):
+                raise DataError(f"{path}: statistics {key!r} hold NaN or inf (modality {name}): a band normalised by "
+                                f"them would be silently wrong")
             out[key] = (mean[ch], np.where(std[ch] > 0, std[ch], 1.0).astype(np.float32))
     return out
 
@@ -157,7 +166,13 @@ class MMEarthDataset(torch.utils.data.Dataset):
         splits = _load_json(self.stem + "_splits.json", "splits")
         if split not in splits:
             raise DataError(f"{self.stem}_splits.json: no split {split!r} (has {', '.join(splits)})")
-        rows = np.asarray(splits[split], dtype=np.int64)
+        listed = splits[split]
+        if not isinstance(listed, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in listed):
+            bad = next((r for r in listed if not isinstance(r, int) or isinstance(r, bool)), listed) \
+                if isinstance(listed, list) else listed
+            raise DataError(f"{self.stem}_splits.json: split {split!r} must be a list of row numbers (ints), got "
+                            f"{bad!r}")
+        rows = np.asarray(listed, dtype=np.int64)
         bad = rows[(rows < 0) | (rows >= self.n)]
         if bad.size:
             raise DataError(f"{self.stem}_splits.json: split {split!r} lists row {int(bad[0])}, but {self.path} has "
@@ -182,6 +197,9 @@ class MMEarthDataset(torch.utils.data.Dataset):
                 if name not in f:
                     raise DataError(f"{self.path}: modality {name!r} is missing (datasets: {', '.join(f.keys())})")
                 d = f[name]
+                if not isinstance(d, h5py.Dataset):
+                    raise DataError(f"{self.path}: {name!r} is an HDF5 {type(d).__name__}, not a dataset (modality "
+                                    f"{name})")
                 if name == "metadata":
                     if d.shape != (n,) or "tile_id" not in (d.dtype.names or ()):
                         raise DataError(f"{self.path}: metadata must be ({n},) records with a tile_id, got "
@@ -257,9 +275,13 @@ class MMEarthDataset(torch.utils.data.Dataset):
         for i, rec in enumerate(meta):
             tile = (rec["tile_id"] if meta.dtype.names else rec).decode()
             info = self.tile_info.get(tile)
-            if info is None or "S2_type" not in info:
+            if not isinstance(info, dict) or "S2_type" not in info:
                 raise DataError(f"{self.stem}_tile_info.json: no S2_type for tile {tile!r} (modality sentinel2)")
-            flags[i] = str(info["S2_type"]).lower() == "l2a"
+            kind = str(info["S2_type"]).lower()
+            if kind not in ("l1c", "l2a"):
+                raise DataError(f"{self.stem}_tile_info.json: tile {tile!r} has S2_type {info['S2_type']!r}; "
+                                f"expected l1c or l2a (modality sentinel2)")
+            flags[i] = kind == "l2a"
         return flags
 
     def _crop(self, raw: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,7 +29,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..files import remove_stale_temps, write_atomically
 from .modalities import BIOMES, ECOREGIONS, ESA_CODES, METADATA_DTYPE, MODALITIES
+
+INCOMPLETE = ".synthetic-incomplete"  # marker beside an unfinished directory
 
 # Per land-cover class (ESA order: tree, shrub, grass, crop, built, bare, snow, water, wetland,
 # mangrove, moss) a rough 13-band reflectance (x 10000), B1..B12 in file order (B8A before B8).
@@ -201,11 +205,20 @@ def write_dataset(out_dir: str, tiles: int = 2000, size: int = 64, seed: int = 0
     base = os.path.join(out_dir, stem)
     targets = [base + s for s in (".h5", "_band_stats.json", "_splits.json", "_tile_info.json")]
     existing = [t for t in targets if os.path.exists(t)]
-    if existing and not overwrite:
+    # A marker present from start to finish: files it sits beside are an interrupted write of ours, which a
+    # new write may replace; anything else is the user's and needs overwrite=True.
+    marker = base + INCOMPLETE
+    interrupted = os.path.isfile(marker)
+    if existing and not (overwrite or interrupted):
         raise FileExistsError(f"{existing[0]} exists; pass overwrite=True (--overwrite) to replace it")
+    if interrupted:
+        remove_stale_temps(base + ".h5")
+    with open(marker, "w") as fm:
+        fm.write("written by train.data.synthetic; removed when the directory is complete\n")
     rng = np.random.default_rng(seed)
     t0 = time.time()
-    tmp_h5 = base + f".h5.tmp{os.getpid()}"
+    fd, tmp_h5 = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.h5.", suffix=".tmp")  # exclusive, ours
+    os.close(fd)
     tile_info, stats_sample = {}, None
     try:
         with h5py.File(tmp_h5, "w") as f:
@@ -234,10 +247,9 @@ def write_dataset(out_dir: str, tiles: int = 2000, size: int = 64, seed: int = 0
         split_json = {"train": sorted(order[:n_train].tolist()), "val": sorted(order[n_train:n_train + n_val].tolist()),
                       "test": sorted(order[n_train + n_val:].tolist())}
         for path, obj in ((targets[1], band_stats(stats_sample)), (targets[2], split_json), (targets[3], tile_info)):
-            with open(path + ".tmp", "w") as fj:
-                json.dump(obj, fj)
-            os.replace(path + ".tmp", path)
+            write_atomically(path, lambda f, o=obj: f.write(json.dumps(o).encode()))
         os.replace(tmp_h5, targets[0])  # last: a complete .h5 means a complete directory
+        os.remove(marker)
     finally:
         if os.path.exists(tmp_h5):
             os.remove(tmp_h5)

@@ -1,0 +1,109 @@
+"""Training checkpoints: written atomically, loaded safely, checked before a run resumes from them.
+
+A checkpoint is a dict ``{"model", "optimizer", "config", "step", "epoch", "position", "world", "rng_cpu"
+[, "rng_cuda"]}`` written by :func:`save_checkpoint` (``train.files.write_atomically``: a kill or a full
+disk leaves the previous file). :func:`load_checkpoint` uses ``torch.load(weights_only=True)``, which
+executes no code from the file, and turns every failure into a :class:`CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import zipfile
+
+import torch
+
+from .config import TrainConfig
+from .files import write_atomically
+
+# Options that define the weights' shapes: a checkpoint cannot be loaded into a model built otherwise.
+MODEL_OPTIONS = ("model", "patch_size", "crop", "tasks", "decoder", "decoder_dim")
+# Options that define the data order, masks and step size: resuming with others is not the same run.
+RUN_OPTIONS = ("batch_size", "accum", "seed")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message names the file and what to do."""
+
+
+def save_checkpoint(path: str, model, opt, cfg: TrainConfig, state: dict) -> None:
+    ckpt = {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": dataclasses.asdict(cfg),
+            "rng_cpu": torch.get_rng_state(), **state}
+    if torch.cuda.is_available():
+        ckpt["rng_cuda"] = torch.cuda.get_rng_state_all()
+    write_atomically(path, lambda f: torch.save(ckpt, f))
+
+
+def load_checkpoint(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path} holds objects that safe loading refuses (weights_only=True: no code from "
+                              f"the file is run): {str(e).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file): "
+                              f"{str(e).splitlines()[0]}") from None
+    if not isinstance(ck, dict):
+        raise CheckpointError(f"{path} holds a {type(ck).__name__}, not a checkpoint dict")
+    return ck
+
+
+def check_resumable(ck: dict, cfg: TrainConfig, world: int, path: str) -> None:
+    """That ``ck`` is one of this trainer's checkpoints and this run can continue it exactly."""
+    missing = [k for k in ("model", "optimizer", "config", "step", "epoch", "position", "rng_cpu") if k not in ck]
+    if missing:
+        kind = ("a model export or a released checkpoint (weights without optimiser state)" if "model" in ck
+                or any(k.startswith(("encoder.", "stem.", "stages.")) for k in ck) else "not a training checkpoint")
+        raise CheckpointError(f"--resume: {path} is {kind}: it lacks {', '.join(missing)}, so a run cannot continue "
+                              f"from it; start a new run (--out elsewhere) instead")
+    old = ck["config"] if isinstance(ck["config"], dict) else {}
+    shape = [(k, old.get(k), getattr(cfg, k)) for k in MODEL_OPTIONS if old.get(k) != getattr(cfg, k)]
+    if shape:
+        raise CheckpointError(f"--resume: {path} was trained with " + ", ".join(f"--{k.replace('_', '-')} {o!r}"
+                              for k, o, _ in shape) + "; this run has " + ", ".join(
+                              f"--{k.replace('_', '-')} {n!r}" for k, _, n in shape) +
+                              ": the weights do not fit; resume with the checkpoint's options")
+    run = [(k, old.get(k), getattr(cfg, k)) for k in RUN_OPTIONS if old.get(k) != getattr(cfg, k)]
+    if ck.get("world", world) != world:
+        run.append(("processes", ck.get("world"), world))
+    if run and not cfg.allow_resume_changes:
+        raise CheckpointError(f"--resume: {path} was trained with " + ", ".join(f"{k} {o!r}" for k, o, _ in run) +
+                              "; this run has " + ", ".join(f"{k} {n!r}" for k, _, n in run) +
+                              ": the data order and step size would differ from the run being resumed; use the "
+                              "checkpoint's values, or pass --allow-resume-changes to continue anyway")
+
+
+def load_state(model, opt, ck: dict, path: str) -> None:
+    """Model and optimiser state, with a clear error when they do not fit."""
+    try:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"--resume: {path} does not fit this model: {str(e).splitlines()[0][:300]}") from None
+
+
+def trim_metrics(path: str, step: int) -> int:
+    """Cut ``metrics.jsonl`` back to the records of steps <= ``step`` (a resumed run rewrites the rest, so
+    no step appears twice); returns the number of records dropped. Unreadable lines are dropped too."""
+    if not os.path.isfile(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                ok = isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step
+            except ValueError:
+                ok = False
+            if ok:
+                kept.append(line if line.endswith(b"\n") else line + b"\n")
+            else:
+                dropped += 1
+    if dropped:
+        write_atomically(path, lambda f: f.writelines(kept))
+    return dropped
