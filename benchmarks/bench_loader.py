@@ -71,4 +71,4 @@ def test_loader_workers(workers, normalize, data, benchmark):
                                 tiles=TILES, workers=workers, normalize=normalize)
     rounds = max(1, min(5, (len(batches) - 2 * workers) // per_round - 1))
     benchmark.pedantic(lambda: [next(it) for _ in range(per_round)], rounds=rounds, warmup_rounds=0, iterations=1)
-    del it, loader
+

@@ -44,7 +44,8 @@ def test_smoke_grid_writes_json_markdown_plots_and_compares(tmp_path):
         # custom ops: GRN forward + backward in the dense decoder block; sparse adds the 12 encoder blocks' dwconv
         # and GRN, forward and backward
         assert r["ops_per_step"] > 100 and r["custom_ops_per_step"] == (2 if r["backend"].startswith("dense") else 50)
-    sparse, dense = (next(r for r in timed if r["backend"] == b and r["mask_ratio"] == 0.6) for b in ("sparse", "dense"))
+    sparse, dense = (next(r for r in timed if r["backend"] == b and r["mask_ratio"] == 0.6)
+                     for b in ("sparse", "dense"))
     assert sparse["ops_per_step"] <= dense["ops_per_step"], (sparse["ops_per_step"], dense["ops_per_step"])
     host = {r["backend"]: r for r in doc["host_cost"]}
     assert set(host) == {"dense", "dense-plain", "sparse"} and all(r["host_ms_b1"] > 0 for r in host.values())

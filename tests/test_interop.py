@@ -93,7 +93,7 @@ def test_me_kernel_convention_is_cross_correlation():
                     if 0 <= h + d0 < 6 and 0 <= v + d1 < 6:
                         y[0, :, h, v] += x[0, :, h + d0, v + d1] @ me[(d0 + 1) + 3 * (d1 + 1)]
     m = encoder("atto", in_chans=3)
-    sd = {f"encoder.initial_conv.0.kernel": me}
+    sd = {"encoder.initial_conv.0.kernel": me}
     load_sparse_checkpoint(m, sd, strict=False)
     torch.testing.assert_close(torch.nn.functional.conv2d(x, m.stem.conv.weight, padding=1), y)
 

@@ -1,12 +1,10 @@
 """MP-MAE: backends agree on loss and gradients, masked-token heads are exact, losses as specified."""
 
-import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-import mmearth_kernels as mk
 from mmearth_kernels.models import MPMAE
 from mmearth_kernels.models import losses as Lf
 from mmearth_kernels.models.mpmae import IMAGE_TASKS, PIXEL_TASKS

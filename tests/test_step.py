@@ -266,7 +266,12 @@ def test_a_sync_in_the_step_gives_a_clear_capture_error(monkeypatch):
     mbs = _micro_batches(model, 2, device="cuda")
     graphed(mbs[:1])
     real = MPMAE.forward
-    monkeypatch.setattr(MPMAE, "forward", lambda self, *a, **k: (lambda o: (o["loss"].item(), o)[1])(real(self, *a, **k)))
+    def forward_with_item(self, *a, **k):
+        out = real(self, *a, **k)
+        out["loss"].item()
+        return out
+
+    monkeypatch.setattr(MPMAE, "forward", forward_with_item)
     with pytest.raises(CaptureError, match=r"(?s)capture of the training step failed.*_local_scalar_dense"):
         graphed(mbs[1:])
 

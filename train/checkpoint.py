@@ -40,17 +40,27 @@ def save_checkpoint(path: str, model, opt, cfg: TrainConfig, state: dict) -> Non
 def load_checkpoint(path: str) -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
+    unreadable = f"{path} is not a readable PyTorch checkpoint (truncated, empty or another kind of file)"
+    if not zipfile.is_zipfile(path):  # every torch.save since 1.6 writes a zip archive
+        raise CheckpointError(unreadable)
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        lines = str(e).splitlines()
+        why = next((line.strip() for line in lines if "Unsupported global" in line or "GLOBAL" in line),
+                   _first_line(e))
         raise CheckpointError(f"{path} holds objects that safe loading refuses (weights_only=True: no code from "
-                              f"the file is run): {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another kind of file): "
-                              f"{str(e).splitlines()[0]}") from None
+                              f"the file is run): {why}") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        raise CheckpointError(f"{unreadable}: {_first_line(e)}") from None
     if not isinstance(ck, dict):
         raise CheckpointError(f"{path} holds a {type(ck).__name__}, not a checkpoint dict")
     return ck
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def check_resumable(ck: dict, cfg: TrainConfig, world: int, path: str) -> None:
@@ -84,7 +94,7 @@ def load_state(model, opt, ck: dict, path: str) -> None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
     except (RuntimeError, KeyError, ValueError) as e:
-        raise CheckpointError(f"--resume: {path} does not fit this model: {str(e).splitlines()[0][:300]}") from None
+        raise CheckpointError(f"--resume: {path} does not fit this model: {_first_line(e)[:300]}") from None
 
 
 def trim_metrics(path: str, step: int) -> int:

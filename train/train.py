@@ -20,7 +20,6 @@ task), and TensorBoard events when tensorboard is installed.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -255,9 +254,10 @@ def train(cfg: TrainConfig) -> dict:
                 if is_main:
                     save_checkpoint(diag, model, opt, cfg, {"step": first, "epoch": epoch, "position": position,
                                                             "world": world, "stopped_at_step": step})
-                raise NonFiniteLoss(f"non-finite loss at step {first} (task(s): {', '.join(bad_tasks) or 'the weighting'}"
-                                    f"); diagnostic checkpoint: {diag} (the weights from before that step: it and "
-                                    f"the {step - first - 1} step(s) after it were not applied)")
+                tasks = ", ".join(bad_tasks) or "the weighting"
+                raise NonFiniteLoss(f"non-finite loss at step {first} (task(s): {tasks}); diagnostic checkpoint: "
+                                    f"{diag} (the weights from before that step: it and the {step - first - 1} "
+                                    f"step(s) after it were not applied)")
             if log and is_main:
                 busy = time.perf_counter() - window["t0"]
                 data_s = batches.wait_s - window["wait0"]

@@ -101,7 +101,8 @@ def markdown(results: list[dict], ctx: dict) -> str:
              f"vs dense, same mode | vs dense-plain, same mode | vs dense eager | memory vs dense | {count_cols} |",
              "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * n_count]
     for r in sorted(results, key=lambda r: (_group_key(r), results.index(r))):
-        head = f"| {r['size']} | {r['geometry']} | {r['precision']} | {r['batch']} | {r['mask_ratio']:g} | {r['backend']} |"
+        head = (f"| {r['size']} | {r['geometry']} | {r['precision']} | {r['batch']} | {r['mask_ratio']:g} | "
+                f"{r['backend']} |")
         if "ms_step" not in r:
             what = f"skipped: {r['skipped']}" if "skipped" in r else f"failed: {r.get('error', '?')[:80]}"
             lines.append(f"{head} {what} |" + " |" * (7 + n_count))
@@ -112,7 +113,8 @@ def markdown(results: list[dict], ctx: dict) -> str:
         else:
             counts = f"{_num(r.get('ops_per_step'))} | {_num(r.get('custom_ops_per_step'))}"
         lines.append(f"{head} {r['ms_step']:.1f} | {r['img_s']:.1f} | {_num(memory_of(r))} | "
-                     f"{_ratio(r.get('speedup_vs_dense_same_mode'))} | {_ratio(r.get('speedup_vs_dense-plain_same_mode'))} | "
+                     f"{_ratio(r.get('speedup_vs_dense_same_mode'))} | "
+                     f"{_ratio(r.get('speedup_vs_dense-plain_same_mode'))} | "
                      f"{_ratio(r.get('speedup_vs_dense'))} | {_ratio(r.get('memory_vs_dense'))} | {counts} |")
     return "\n".join(lines) + "\n"
 
@@ -124,7 +126,8 @@ def host_cost_markdown(rows: list[dict], ctx: dict) -> str:
     cuda = ctx["device"] == "cuda"
     lines = ["What a step costs the host (batch 1, eager; the same run): on a GPU every op of a step this small is "
              "a launch the host pays for, so this is the launch-bound regime's cost, measurable on any machine.", "",
-             "| model | geometry | mask | backend | host ms/step at batch 1 | ops dispatched/step | custom-op calls/step |"
+             "| model | geometry | mask | backend | host ms/step at batch 1 | ops dispatched/step | "
+             "custom-op calls/step |"
              + (" kernels/step | launch calls/step |" if cuda else ""),
              "|---|---|---|---|---:|---:|---:|" + ("---:|---:|" if cuda else "")]
     for r in rows:
@@ -132,9 +135,11 @@ def host_cost_markdown(rows: list[dict], ctx: dict) -> str:
             lines.append(f"| {r['size']} | {r['geometry']} | {r['mask_ratio']:g} | {r['backend']} | "
                          f"failed: {r.get('error', '?')[:60]} | | |" + (" | |" if cuda else ""))
             continue
-        lines.append(f"| {r['size']} | {r['geometry']} | {r['mask_ratio']:g} | {r['backend']} | {r['host_ms_b1']:.1f} | "
+        lines.append(f"| {r['size']} | {r['geometry']} | {r['mask_ratio']:g} | {r['backend']} | "
+                     f"{r['host_ms_b1']:.1f} | "
                      f"{_num(r.get('ops_per_step'))} | {_num(r.get('custom_ops_per_step'))} |"
-                     + (f" {_num(r.get('kernels_per_step'))} | {_num(r.get('launch_calls_per_step'))} |" if cuda else ""))
+                     + (f" {_num(r.get('kernels_per_step'))} | {_num(r.get('launch_calls_per_step'))} |"
+                        if cuda else ""))
     return "\n".join(lines) + "\n"
 
 

@@ -215,7 +215,8 @@ class MPMAE(nn.Module):
             else:
                 want, classes, integer = [B, IMAGE_TASKS[t]], None, False
             if list(v.shape) != want:
-                raise ValueError(f"target {t!r} must be {want} for this model (batch {B}, {img} px), got {list(v.shape)}")
+                raise ValueError(f"target {t!r} must be {want} for this model (batch {B}, {img} px), "
+                                 f"got {list(v.shape)}")
             if integer and (v.dtype.is_floating_point or v.dtype.is_complex):
                 raise TypeError(f"target {t!r} must hold integer class indices (-1 = no data), got {v.dtype}")
             if not integer and not v.dtype.is_floating_point:
