@@ -229,7 +229,14 @@ def test_nan_in_masked_pixels_changes_nothing(backend):
     assert torch.isfinite(got) and torch.equal(got, want)
 
 
-@pytest.mark.parametrize("backend", ["dense", "dense-plain", "sparse"])
+def _minkowski():
+    from mmearth_kernels.models import minkowski
+
+    return pytest.param("minkowski", marks=pytest.mark.skipif(
+        not minkowski.available(), reason="MinkowskiEngine is not installed: run scripts/build_minkowski.sh (CI does)"))
+
+
+@pytest.mark.parametrize("backend", ["dense", "dense-plain", "sparse", _minkowski()])
 @pytest.mark.parametrize("batch, ratio", [(0, 0.6), (2, 1.0), (3, 0.0)])
 def test_edge_batches_train_on_every_backend(backend, batch, ratio):
     model = _mpmae(backend, mask_ratio=ratio)

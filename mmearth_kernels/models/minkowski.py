@@ -96,6 +96,8 @@ def forward(encoder, x: torch.Tensor, mask: torch.Tensor, kept) -> torch.Tensor:
     B = x.shape[0]
     g = encoder.grid
     lay_in = L.build_layout(mask, encoder.img_size, kept)
+    if lay_in.num_rows == 0:  # nothing visible (batch 0 or everything masked): the engine crashes on 0 points,
+        return x.new_zeros(B, encoder.dims[-1], g, g)  # and the output is all zeros on every backend anyway
     pos = lay_in.row_pos.long()
     hw = lay_in.height * lay_in.width
     coords = torch.stack([pos // hw, (pos % hw) // lay_in.width, pos % lay_in.width], dim=1).int()
