@@ -252,3 +252,26 @@ def test_dense_and_sparse_agree_when_everything_is_masked():
     mb, mask, kept = _batch(models["dense"])
     a, b = (models[k](mb["input"], mb, mask, kept)["loss"] for k in ("dense", "sparse"))
     torch.testing.assert_close(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: the CUDA kernels' guards need one "
+                                                          "(benchmarks/gpu_check.sh runs them)")
+@pytest.mark.parametrize("impl", ["cuda", "triton"])
+@pytest.mark.parametrize("name", sorted(CORRUPT))
+def test_gpu_kernels_never_read_outside_with_a_corrupt_layout(name, impl):
+    """On a GPU no check reads the layout (a host sync): the kernels must survive any values."""
+    rp, im, _ = CORRUPT[name]
+    x, w = X.cuda(), W.cuda()
+    op = torch.ops.mmearth_kernels
+    fwd = op.sparse_dwconv2d if impl == "cuda" else op.sparse_dwconv2d_triton
+    bwd = op.sparse_dwconv2d_backward if impl == "cuda" else op.sparse_dwconv2d_backward_triton
+    y = fwd(x, w, None, rp.cuda(), im.cuda())
+    dx, dw, db = bwd(x, x, w, rp.cuda(), im.cuda())
+    torch.cuda.synchronize()  # an illegal access would surface here
+    assert all(torch.isfinite(t).all() for t in (y, dx, dw, db))
+    off = torch.tensor([0, 10**6, N], dtype=torch.int32, device="cuda")
+    gfwd = op.grn if impl == "cuda" else op.grn_triton
+    g, _ = gfwd(x, torch.ones(8, device="cuda"), torch.zeros(8, device="cuda"), off, 1e-6, False)
+    torch.cuda.synchronize()
+    assert torch.isfinite(g).all()
