@@ -4,7 +4,6 @@ not a cache; an interrupted synthetic write recovers, anyone else's files are le
 
 import json
 import os
-import shutil
 
 import h5py
 import numpy as np
@@ -15,6 +14,8 @@ from train.data.cache import MARKER, build_cache
 from train.data.reader import DataError
 from train.data.synthetic import INCOMPLETE, write_dataset
 
+from _data_files import copy_dataset
+
 TILES, SIZE = 24, 16
 
 
@@ -24,12 +25,7 @@ def stem(tmp_path_factory):
                          splits=(0.5, 0.25, 0.25))
 
 
-def _copy(stem, tmp_path):
-    out = tmp_path / "copy"
-    out.mkdir()
-    for suffix in (".h5", "_band_stats.json", "_splits.json", "_tile_info.json"):
-        shutil.copy(stem + suffix, str(out / "d") + suffix)
-    return str(out / "d")
+_copy = copy_dataset
 
 
 def _json(path, fn):

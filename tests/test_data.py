@@ -3,7 +3,6 @@ fast cache, DataLoader workers, and every bad-input case (clear errors, nothing 
 
 import json
 import os
-import shutil
 
 import h5py
 import numpy as np
@@ -15,6 +14,8 @@ from train.data.cache import build_cache
 from train.data.modalities import ESA_CODES, MODALITIES, S2_BANDS
 from train.data.synthetic import write_dataset
 
+from _data_files import copy_dataset
+
 TILES, SIZE = 40, 64
 
 
@@ -24,13 +25,7 @@ def stem(tmp_path_factory):
                          splits=(0.5, 0.25, 0.25))
 
 
-def _copy(stem, tmp_path):
-    """A private copy of the dataset files, to break."""
-    out = tmp_path / "copy"
-    out.mkdir()
-    for suffix in (".h5", "_band_stats.json", "_splits.json", "_tile_info.json"):
-        shutil.copy(stem + suffix, str(out / "d") + suffix)
-    return str(out / "d")
+_copy = copy_dataset
 
 
 def _raw(stem, name, row):
