@@ -3,6 +3,7 @@ dies makes the whole job fail quickly instead of hanging in the next collective.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -78,5 +79,5 @@ def test_a_rank_that_dies_fails_the_job_fast(stem, tmp_path):
                      timeout=240, MMEARTH_DIST_TIMEOUT="60")
     elapsed = time.monotonic() - t0
     assert proc.returncode != 0
-    assert "exitcode" in proc.stderr and "7" in proc.stderr, proc.stderr[-3000:]
+    assert re.search(r"exitcode\s*:\s*7\b", proc.stderr), proc.stderr[-3000:]  # torchrun reports rank 1's code
     assert elapsed < 60, f"the job took {elapsed:.0f} s to fail after rank 1 died"

@@ -28,8 +28,7 @@ import torch.nn.functional as F
 
 from .. import layout as L
 from ..masking import check_mask, num_kept  # noqa: F401  (num_kept re-exported for callers building masks)
-from ..ops import grn, sparse_dwconv2d
-from . import sparse_layers as S
+from .backends import BACKENDS, Plain, grn_dense  # noqa: F401  (grn_dense: the dense GRN, re-exported)
 
 SIZES = {
     "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
@@ -41,7 +40,6 @@ SIZES = {
     "large": ((3, 3, 27, 3), (192, 384, 768, 1536)),
     "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816)),
 }
-BACKENDS = ("dense", "sparse", "minkowski", "dense-plain")
 STEMS = ("mmearth", "original")
 GRN_STATS = ("per_sample", "batch")
 LN_EPS = 1e-6
@@ -67,17 +65,13 @@ class Block(nn.Module):
         self.grn = GRN(4 * dim)
         self.pwconv2 = nn.Linear(4 * dim, dim)
 
-    def mlp(self, y: torch.Tensor, grn_fn) -> torch.Tensor:
-        """The per-site part after the dwconv (rows or NHWC), with GRN supplied by the backend."""
-        y = F.gelu(self.pwconv1(self.norm(y)))
-        return self.pwconv2(grn_fn(y))
-
-    def forward(self, x: torch.Tensor, impl: str = "auto") -> torch.Tensor:
-        """The plain dense block on ``[B, C, H, W]`` (no mask; GRN per sample over all sites): the
-        MP-MAE decoder block."""
-        y = self.dwconv(x).permute(0, 2, 3, 1)
-        y = self.mlp(y, lambda t: grn(t.contiguous(), self.grn.gamma, self.grn.beta, impl=impl))
-        return x + y.permute(0, 3, 1, 2)
+    def forward(self, h, backend=None, level=None):
+        """``h`` in the backend's representation (:mod:`.backends`); without one, a plain dense block on
+        ``[B, C, H, W]`` (nothing masked, GRN per sample): the MP-MAE decoder block."""
+        be = Plain() if backend is None else backend
+        f = be.dwconv(h, self.dwconv, level)                      # per-site features [..., C]
+        f = self.pwconv2(be.grn(F.gelu(self.pwconv1(self.norm(f))), self.grn, level))
+        return be.add(h, f, level)
 
 
 class Stem(nn.Module):
@@ -93,6 +87,12 @@ class Stem(nn.Module):
             self.conv = nn.Conv2d(in_chans, dim, reduction, stride=reduction)
             self.norm = nn.LayerNorm(dim, eps=LN_EPS)
 
+    def forward(self, h, be):
+        if self.kind == "mmearth":
+            h = be.map(be.conv_same(h, self.conv), lambda f: F.gelu(self.norm1(f)), "in")
+            return be.map(be.strided(h, self.dwconv, "in", 0, depthwise=True), self.norm2, 0)
+        return be.map(be.strided(h, self.conv, "in", 0), self.norm, 0)
+
 
 class Downsample(nn.Module):
     def __init__(self, cin: int, cout: int):
@@ -100,21 +100,8 @@ class Downsample(nn.Module):
         self.norm = nn.LayerNorm(cin, eps=LN_EPS)
         self.conv = nn.Conv2d(cin, cout, 2, stride=2)
 
-
-def grn_dense(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, stats: str = "per_sample",
-              eps: float = 1e-6) -> torch.Tensor:
-    """GRN on ``[B, H, W, C]`` in plain PyTorch, as the dense ConvNeXt V2 computes it (sites that must not
-    count are zero, so they add nothing to the L2 norm): the dense backends' GRN, what a user without this
-    library runs. ``stats="batch"`` pools over the whole batch (the released MinkowskiGRN)."""
-    gx = torch.linalg.vector_norm(y, dim=(1, 2) if stats == "per_sample" else (0, 1, 2), keepdim=True)
-    nx = gx / (gx.mean(dim=-1, keepdim=True) + eps)
-    gamma, beta = gamma.to(y.dtype), beta.to(y.dtype)
-    return gamma * (y * nx) + beta + y
-
-
-def _ln_cf(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """Channels-first LayerNorm of [B, C, H, W] (per site over C)."""
-    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    def forward(self, h, be, level: int):
+        return be.strided(be.map(h, self.norm, level - 1), self.conv, level - 1, level)
 
 
 class ConvNeXtV2Encoder(nn.Module):
@@ -146,7 +133,7 @@ class ConvNeXtV2Encoder(nn.Module):
     # -- configuration -----------------------------------------------------------------------
     def _check_mode(self):
         if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+            raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {self.backend!r}")
         if self.grn_stats not in GRN_STATS:
             raise ValueError(f"grn_stats must be one of {GRN_STATS}, got {self.grn_stats!r}")
 
@@ -196,52 +183,14 @@ class ConvNeXtV2Encoder(nn.Module):
         mask = check_mask(mask, B, g, kept)
         if mask.device != x.device:
             raise ValueError(f"mask is on {mask.device} but x is on {x.device}")
-        if self.backend in ("dense", "dense-plain"):
-            return self._forward_dense(x, mask, remask=self.backend == "dense")
-        if self.backend == "minkowski":
-            from . import minkowski
-
-            return minkowski.forward(self, x, mask, kept)
-        return self._forward_sparse(x, mask, kept)
-
-    def _active(self, mask: torch.Tensor, res: int, dtype) -> torch.Tensor:
-        r = res // self.grid
-        return (~mask).repeat_interleave(r, 1).repeat_interleave(r, 2)[:, None].to(dtype)
-
-    def _forward_dense(self, x, mask, remask: bool = True):
-        """The full map, channels_last. ``remask``: FCMAE's exact emulation (the mask re-applied after every
-        spatial op, GRN statistics over active sites); False: ``dense-plain``, only the input masked."""
-        g = self.grid
-        a_in = self._active(mask, self.img_size, x.dtype)
-        # masked pixels are absent from the start: selected away, not multiplied (NaN * 0 is NaN)
-        x = torch.where(a_in.bool(), x, x.new_zeros(())).contiguous(memory_format=torch.channels_last)
-        if remask:
-            a = [self._active(mask, g * 8 >> i, x.dtype).contiguous(memory_format=torch.channels_last)
-                 for i in range(4)]
-        else:
-            a_in, a = None, [None] * 4
-
-        def m(t, act):  # re-mask (exact emulation) or not (plain)
-            return t if act is None else t * act
-
-        st = self.stem
-        if st.kind == "mmearth":
-            x = m(st.conv(x), a_in)
-            x = m(F.gelu(_ln_cf(x, st.norm1)), a_in)
-            x = m(_ln_cf(st.dwconv(x), st.norm2), a[0])
-        else:
-            x = m(_ln_cf(st.conv(x), st.norm), a[0])
+        be = BACKENDS[self.backend](self, x, mask, kept)
+        h = self.stem(be.input(x), be)
         for i in range(4):
             if i > 0:
-                ds = self.downsample[i]
-                x = m(ds.conv(m(_ln_cf(x, ds.norm), a[i - 1])), a[i])
-            nhwc = None if a[i] is None else a[i].permute(0, 2, 3, 1)
+                h = self.downsample[i](h, be, i)
             for blk in self.stages[i]:
-                y = blk.dwconv(x).permute(0, 2, 3, 1)          # input already zero at masked sites
-                # GRN statistics over active sites only: masked rows (GELU of the bias) are zeroed first
-                y = blk.mlp(y, lambda t, b=blk, mk=nhwc: grn_dense(m(t, mk), b.grn.gamma, b.grn.beta, self.grn_stats))
-                x = x + m(y.permute(0, 3, 1, 2), a[i])
-        return x
+                h = blk(h, be, i)
+        return be.densify(h)
 
     def layouts(self, mask: torch.Tensor, kept: int | None):
         """Packed layouts of the input resolution and the four stages, each built once per step (at 56/8
@@ -252,31 +201,6 @@ class ConvNeXtV2Encoder(nn.Module):
             if r not in built:
                 built[r] = L.build_layout(mask, r, kept)
         return [built[self.img_size]] + [built[g * 8 >> i] for i in range(4)]
-
-    def _forward_sparse(self, x, mask, kept):
-        lay_in, *lay = self.layouts(mask, kept)
-        h = L.from_dense(x, lay_in)                                     # [N_in, in_chans]
-        st = self.stem
-        # reduction 1 (56/8): the stem's k = s = 1 conv maps every row to itself, no gather needed
-        stem_rows = S.child_rows(lay[0], lay_in, self.reduction) if self.reduction > 1 else None
-        if st.kind == "mmearth":
-            h = S.submanifold_conv(h, st.conv.weight, st.conv.bias, lay_in)
-            h = F.gelu(st.norm1(h))
-            h = st.norm2(S.strided_conv(h, st.dwconv.weight, st.dwconv.bias, stem_rows, depthwise=True))
-        else:
-            h = st.norm(S.strided_conv(h, st.conv.weight, st.conv.bias, stem_rows))
-        stats = self.grn_stats
-        for i in range(4):
-            if i > 0:
-                ds = self.downsample[i]
-                h = S.strided_conv(ds.norm(h), ds.conv.weight, ds.conv.bias, S.child_rows(lay[i], lay[i - 1], 2))
-            li = lay[i]
-            for blk in self.stages[i]:
-                y = sparse_dwconv2d(h.contiguous(), blk.dwconv.weight, blk.dwconv.bias, li, impl=self.impl)
-                y = blk.mlp(y, lambda t, b=blk, lo=li: grn(t.contiguous(), b.grn.gamma, b.grn.beta, lo, stats=stats,
-                                                           impl=self.impl))
-                h = h + y
-        return L.to_dense(h, lay[3])
 
 
 def encoder(size: str = "atto", **kwargs) -> ConvNeXtV2Encoder:

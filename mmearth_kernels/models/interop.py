@@ -15,10 +15,12 @@ cross-correlations, like ``nn.Conv2d``, so no flip is needed.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import torch
 
-from .convnextv2 import ConvNeXtV2Encoder
+if TYPE_CHECKING:  # type hints only: the encoder imports nothing from here, and this stays a leaf
+    from .convnextv2 import ConvNeXtV2Encoder
 
 
 def _me_to_conv(kernel: torch.Tensor, k: int) -> torch.Tensor:

@@ -69,14 +69,10 @@ def _depthwise(x, weight, bias, stride):
     return torch.func.functional_call(mod, {"kernel": depthwise_to_me(weight), "bias": bias.reshape(1, -1)}, (x,))
 
 
-def _rows(x, fn):
-    return _replace(x, fn(x.F))
-
-
-def _grn(x, grn, stats: str, eps: float = 1e-6):
-    """GRN on ME rows: batch-global (the released MinkowskiGRN) or per sample (rows grouped by the
-    batch index of their coordinate; ME does not keep rows sorted by sample)."""
-    f = x.F
+def _grn(x, features, grn, stats: str, eps: float = 1e-6):
+    """GRN of the rows ``features`` of ME tensor ``x``: batch-global (the released MinkowskiGRN) or per sample
+    (rows grouped by the batch index of their coordinate; ME does not keep rows sorted by sample)."""
+    f = features
     gamma, beta = grn.gamma.reshape(-1), grn.beta.reshape(-1)
     if stats == "batch":
         gid = torch.zeros(f.shape[0], dtype=torch.long, device=f.device)
@@ -88,39 +84,57 @@ def _grn(x, grn, stats: str, eps: float = 1e-6):
     nz = sq != 0  # NaN propagates, as in grn_ref
     g = torch.where(nz, sq, torch.ones_like(sq)).sqrt() * nz
     nx = g / (g.mean(dim=-1, keepdim=True) + eps)
-    return _replace(x, gamma * (f * nx[gid]) + beta + f)
+    return gamma * (f * nx[gid]) + beta + f
 
 
-def forward(encoder, x: torch.Tensor, mask: torch.Tensor, kept) -> torch.Tensor:
-    ME = engine()
-    B = x.shape[0]
-    g = encoder.grid
-    lay_in = L.build_layout(mask, encoder.img_size, kept)
-    if lay_in.num_rows == 0:  # nothing visible (batch 0 or everything masked): the engine crashes on 0 points,
-        return x.new_zeros(B, encoder.dims[-1], g, g)  # and the output is all zeros on every backend anyway
-    pos = lay_in.row_pos.long()
-    hw = lay_in.height * lay_in.width
-    coords = torch.stack([pos // hw, (pos % hw) // lay_in.width, pos % lay_in.width], dim=1).int()
-    h = ME.SparseTensor(L.from_dense(x, lay_in), coordinates=coords.cpu() if not x.is_cuda else coords,
-                        device=x.device)
-    st = encoder.stem
-    if st.kind == "mmearth":
-        h = _conv(h, st.conv.weight, st.conv.bias, 1)
-        h = _rows(h, lambda f: F.gelu(st.norm1(f)))
-        h = _depthwise(h, st.dwconv.weight, st.dwconv.bias, encoder.reduction)
-        h = _rows(h, st.norm2)
-    else:
-        h = _rows(_conv(h, st.conv.weight, st.conv.bias, encoder.reduction), st.norm)
-    for i in range(4):
-        if i > 0:
-            ds = encoder.downsample[i]
-            h = _conv(_rows(h, ds.norm), ds.conv.weight, ds.conv.bias, 2)
-        for blk in encoder.stages[i]:
-            y = _depthwise(h, blk.dwconv.weight, blk.dwconv.bias, 1)
-            y = _rows(y, lambda f, b=blk: F.gelu(b.pwconv1(b.norm(f))))
-            y = _grn(y, blk.grn, encoder.grn_stats)
-            y = _rows(y, blk.pwconv2)
-            h = _replace(h, h.F + y.F)
-    C = encoder.dims[-1]
-    out, _, _ = h.dense(shape=torch.Size([B, C, g, g]), min_coordinate=torch.zeros(2, dtype=torch.int))
-    return out
+class Minkowski:
+    """The encoder backend on ME sparse tensors (the interface is in :mod:`.backends`). A block's features
+    (from ``dwconv`` to ``add``) are the rows ``.F`` of its input's coordinates."""
+
+    def __init__(self, encoder, x: torch.Tensor, mask: torch.Tensor, kept):
+        self.ME = engine()
+        self.lay_in = L.build_layout(mask, encoder.img_size, kept)
+        self.B, self.g, self.C = x.shape[0], encoder.grid, encoder.dims[-1]
+        self.stats = encoder.grn_stats
+        self.empty = self.lay_in.num_rows == 0  # the engine crashes on 0 points; the output is all zeros then
+
+    def input(self, x):
+        if self.empty:
+            return x.new_zeros(0, x.shape[1])
+        lay = self.lay_in
+        pos = lay.row_pos.long()
+        hw = lay.height * lay.width
+        coords = torch.stack([pos // hw, (pos % hw) // lay.width, pos % lay.width], dim=1).int()
+        return self.ME.SparseTensor(L.from_dense(x, lay), coordinates=coords.cpu() if not x.is_cuda else coords,
+                                    device=x.device)
+
+    # With nothing visible the features are plain [0, C] tensors: the per-site layers still run on them
+    def conv_same(self, h, conv):
+        return h.new_zeros(0, conv.out_channels) if self.empty else _conv(h, conv.weight, conv.bias, 1)
+
+    def map(self, h, fn, level):
+        return fn(h) if self.empty else _replace(h, fn(h.F))
+
+    def strided(self, h, conv, src, dst, depthwise=False):
+        if self.empty:
+            return h.new_zeros(0, conv.out_channels)
+        return (_depthwise if depthwise else _conv)(h, conv.weight, conv.bias, conv.stride[0])
+
+    def dwconv(self, h, conv, level):
+        if self.empty:
+            return h
+        self._block_input = h  # GRN groups the block's rows by its coordinates (stride 1: the same)
+        return _depthwise(h, conv.weight, conv.bias, 1).F
+
+    def grn(self, f, grn, level):
+        return f if self.empty else _grn(self._block_input, f, grn, self.stats)
+
+    def add(self, h, f, level):
+        return h + f if self.empty else _replace(h, h.F + f)
+
+    def densify(self, h):
+        if self.empty:
+            return h.new_zeros(self.B, self.C, self.g, self.g)
+        out, _, _ = h.dense(shape=torch.Size([self.B, self.C, self.g, self.g]),
+                            min_coordinate=torch.zeros(2, dtype=torch.int))
+        return out

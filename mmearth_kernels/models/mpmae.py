@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ..host_sync import host_only
 from ..masking import check_mask, num_kept, random_patch_mask
 from . import losses as Lf
+from .backends import Plain
 from .convnextv2 import LN_EPS, Block, ConvNeXtV2Encoder
 
 # Output channels per task; DW / ESA / biome / ecoregion are class counts.
@@ -108,11 +109,11 @@ class MPMAE(nn.Module):
         z = self.proj(self.encoder(x, mask, kept))
         m = mask[:, None].to(z.dtype)
         h = z * (1 - m) + self.mask_token * m
-        impl = self.encoder.impl
+        plain = Plain(self.encoder.impl)  # the decoder block: dense, nothing masked
         if self.decoder_mode == "shared":
-            d = self.decoder(h, impl=impl)
+            d = self.decoder(h, plain)
             return {t: d for t in self.tasks}
-        return {t: self.decoder[t](h, impl=impl) for t in self.tasks}
+        return {t: self.decoder[t](h, plain) for t in self.tasks}
 
     def _masked_tokens(self, feats: torch.Tensor, mask: torch.Tensor, kept: int | None) -> torch.Tensor:
         """``[M, D]`` decoder features at the masked tokens, sample-major then raster order."""

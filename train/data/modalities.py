@@ -79,3 +79,10 @@ def esa_lookup() -> np.ndarray:
     for i, code in enumerate(ESA_CODES):
         lut[code] = i
     return lut
+
+
+ALL_TASKS = tuple(MODALITIES)
+
+
+class DataError(ValueError):
+    """A problem with an MMEarth file: the message names the file and the modality."""

@@ -15,13 +15,8 @@ import h5py
 import numpy as np
 import torch
 
-from .modalities import MODALITIES, dw_lookup, esa_lookup, used_channels
-
-ALL_TASKS = tuple(MODALITIES)
-
-
-class DataError(ValueError):
-    """A problem with an MMEarth file: the message names the file and the modality."""
+from .cache_format import open_cache
+from .modalities import ALL_TASKS, MODALITIES, DataError, dw_lookup, esa_lookup, used_channels  # noqa: F401
 
 
 def _load_json(path: str, what: str) -> dict:
@@ -181,8 +176,6 @@ class MMEarthDataset(torch.utils.data.Dataset):
         self._h5, self._pid = None, None
         self.cache = None
         if cache is not None:
-            from .cache import open_cache
-
             self.cache = open_cache(cache, self.path, self.names)
 
     # -- file access -------------------------------------------------------------------------
