@@ -114,7 +114,8 @@ def extensions():
     # -ffp-contract=fast: torch builds in ISO C++ mode, which would forbid fusing a*b+c into one FMA.
     # -fno-tree-loop-distribute-patterns: keep short tail loops inline instead of memcpy calls,
     # which would force the register accumulators of the CPU kernels onto the stack.
-    cxx += ["-fvisibility=hidden", "-Wno-psabi", "-ffp-contract=fast", "-fno-tree-loop-distribute-patterns"]  # the C++ standard is chosen by torch (C++17 or C++20)
+    # the C++ standard is chosen by torch (C++17 or C++20)
+    cxx += ["-fvisibility=hidden", "-Wno-psabi", "-ffp-contract=fast", "-fno-tree-loop-distribute-patterns"]
     define_macros = []
 
     use_cuda, why = False, ""

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The test command: sets everything up (scripts/setup_env.sh), then runs
+#   0. ruff (syntax, pyflakes, line length),
 #   1. the test suite (CPU; CUDA/Triton GPU cases skip visibly without a GPU),
 #   2. the Triton kernels on CPU under TRITON_INTERPRET=1 (pytest -m triton; its summary counts them),
 #   3. the kernel benchmarks once each in smoke mode (small batch, --benchmark-disable).
@@ -11,6 +12,8 @@ source "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
 
 python -m mmearth_kernels.info
+echo "== lint (ruff: the rule set in pyproject.toml) =="
+python -m ruff check .
 echo "== tests =="
 python -m pytest tests "$@"
 echo "== Triton kernels under the interpreter (TRITON_INTERPRET=1 pytest -m triton) =="

@@ -34,7 +34,8 @@ def device_impls(op):
     runs them in a separate ``TRITON_INTERPRET=1 pytest -m triton`` step); cases that cannot run on
     this machine are listed as skips with the reason, never silently dropped."""
     params = [pytest.param("cpu", i, id=f"cpu-{i}") for i in cpu_impls(op) if i != "triton"]
-    no_gpu = pytest.mark.skip(reason="no CUDA GPU here: the CUDA and Triton GPU cases need one (benchmarks/gpu_check.sh runs them)")
+    no_gpu = pytest.mark.skip(reason="no CUDA GPU here: the CUDA and Triton GPU cases need one "
+                                     "(benchmarks/gpu_check.sh runs them)")
     if _triton.INTERPRET:
         params.append(pytest.param("cpu", "triton", id="cpu-triton", marks=pytest.mark.triton))
     else:

@@ -91,7 +91,8 @@ def test_every_modality_decodes(stem):
         assert torch.equal(sample["dynamic_world"], torch.from_numpy(np.where(dw == 0, -1, dw - 1)))
         esa = _raw(stem, "esa_worldcover", row)[0]
         lut = {c: k for k, c in enumerate(ESA_CODES)}
-        assert torch.equal(sample["esa_worldcover"], torch.tensor([[lut.get(int(v), -1) for v in line] for line in esa]))
+        want = torch.tensor([[lut.get(int(v), -1) for v in line] for line in esa])
+        assert torch.equal(sample["esa_worldcover"], want)
         # one-hot -> class index
         assert sample["biome"] == int(np.argmax(_raw(stem, "biome", row)))
         assert sample["eco_region"] == int(np.argmax(_raw(stem, "eco_region", row)))
@@ -211,7 +212,8 @@ def _recreate(name, data):
 BAD_H5 = {
     "missing modality": (lambda f: f.__delitem__("aster"), "modality 'aster' is missing"),
     "wrong shape": (_recreate("sentinel1", np.zeros((TILES, 7, SIZE, SIZE), np.float32)), "modality 'sentinel1' must"),
-    "wrong dtype": (_recreate("aster", np.zeros((TILES, 2, SIZE, SIZE), np.float32)), "'aster' must be stored as int16"),
+    "wrong dtype": (_recreate("aster", np.zeros((TILES, 2, SIZE, SIZE), np.float32)),
+                    "'aster' must be stored as int16"),
     "wrong rows": (_recreate("era5", np.zeros((TILES - 1, 12), np.float32)), "modality 'era5' has 39 rows"),
 }
 

@@ -29,7 +29,8 @@ def test_engine_present_when_required():
 
 @needs_me
 @pytest.mark.slow
-@pytest.mark.parametrize("stem, stats, all_masked_sample", [("mmearth", "batch", False), ("mmearth", "per_sample", True),
+@pytest.mark.parametrize("stem, stats, all_masked_sample", [("mmearth", "batch", False),
+                                                              ("mmearth", "per_sample", True),
                                                               ("original", "batch", False)])
 def test_three_backends_agree(stem, stats, all_masked_sample):
     m = _model(stem=stem, grn_stats=stats, depths=(1, 1, 2, 1), dims=(16, 24, 32, 40))

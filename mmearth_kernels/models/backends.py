@@ -20,7 +20,6 @@ Levels: ``"in"`` is the input resolution, 0..3 the four stages. Adding a backend
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .. import layout as L
 from ..ops import grn as grn_op

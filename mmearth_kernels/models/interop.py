@@ -6,9 +6,9 @@
   MMEarth fine-tuning code loads (``layout="mmearth"``) or timm's ``convnextv2_*`` (``layout="timm"``,
   original stem only: timm has no MMEarth stem).
 
-MinkowskiEngine kernel layouts (convnextv2-fcmae.md §2.8, minkowski.md): a regular conv kernel is
-``[K*K, Cin, Cout]`` (``[Cin, Cout]`` when K*K = 1) and a depthwise one ``[K*K, C]``, with offset index ``k = kh + K * kw`` (the first
-spatial axis, H, varies fastest); biases and GRN parameters are ``[1, C]``. Both act as
+MinkowskiEngine kernel layouts: a regular conv kernel is ``[K*K, Cin, Cout]`` (``[Cin, Cout]`` when
+K*K = 1) and a depthwise one ``[K*K, C]``, with offset index ``k = kh + K * kw`` (the first spatial
+axis, H, varies fastest); biases and GRN parameters are ``[1, C]``. Both act as
 cross-correlations, like ``nn.Conv2d``, so no flip is needed.
 """
 
@@ -100,7 +100,8 @@ def load_sparse_checkpoint(encoder: ConvNeXtV2Encoder, checkpoint, strict: bool 
         stem_map = {
             "initial_conv.0.kernel": ("stem.conv.weight", lambda t: _me_to_conv(t, 3)),
             "initial_conv.0.bias": ("stem.conv.bias", None),
-            "initial_conv.1.ln.weight": ("stem.norm1.weight", None), "initial_conv.1.ln.bias": ("stem.norm1.bias", None),
+            "initial_conv.1.ln.weight": ("stem.norm1.weight", None),
+            "initial_conv.1.ln.bias": ("stem.norm1.bias", None),
             "stem.0.kernel": ("stem.dwconv.weight", lambda t: _me_to_depthwise(t, r)),
             "stem.0.bias": ("stem.dwconv.bias", None),
             "stem.1.ln.weight": ("stem.norm2.weight", None), "stem.1.ln.bias": ("stem.norm2.bias", None),
@@ -166,8 +167,9 @@ def export_dense(encoder: ConvNeXtV2Encoder, layout: str = "mmearth") -> dict[st
         m = re.fullmatch(r"stages\.(\d+)\.(\d+)\.(.+)", k)
         i, j, rest = m.groups()
         if layout == "timm":
-            rest = {"dwconv.weight": "conv_dw.weight", "dwconv.bias": "conv_dw.bias", "pwconv1.weight": "mlp.fc1.weight",
-                    "pwconv1.bias": "mlp.fc1.bias", "pwconv2.weight": "mlp.fc2.weight", "pwconv2.bias": "mlp.fc2.bias",
+            rest = {"dwconv.weight": "conv_dw.weight", "dwconv.bias": "conv_dw.bias",
+                    "pwconv1.weight": "mlp.fc1.weight", "pwconv1.bias": "mlp.fc1.bias",
+                    "pwconv2.weight": "mlp.fc2.weight", "pwconv2.bias": "mlp.fc2.bias",
                     "grn.gamma": "mlp.grn.weight", "grn.beta": "mlp.grn.bias"}.get(rest, rest)
             if "grn" in rest:
                 v = v.reshape(-1)

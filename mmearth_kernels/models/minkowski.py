@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 
 from .. import layout as L
 from .interop import conv_to_me, depthwise_to_me
