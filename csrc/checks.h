@@ -16,6 +16,13 @@ inline bool is_supported_float(at::ScalarType t) {
 
 inline at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
+// The depthwise weight [C, 1, K, K] as [K*K, C] in the accumulation type, taps-major (the layout every
+// kernel reads, Triton included: mmearth_kernels/triton/sparse_dwconv.py _taps_major). Tiny; per call.
+inline at::Tensor taps_major(const at::Tensor& weight) {
+  const int64_t C = weight.size(0);
+  return weight.reshape({C, -1}).t().to(acc_type_of(weight.scalar_type())).contiguous();
+}
+
 inline void check_features(const at::Tensor& x, const char* op, const char* name) {
   TORCH_CHECK(x.dim() == 2, op, ": ", name, " must be 2-D [N, C] (packed active rows), got shape ", x.sizes());
   TORCH_CHECK(is_supported_float(x.scalar_type()), op, ": ", name,

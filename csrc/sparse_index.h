@@ -20,9 +20,18 @@
 namespace mmearth_kernels {
 namespace index {
 
+// The numbers every implementation must share for identical, deterministic results. Python mirrors them
+// once in mmearth_kernels/_constants.py (for the Triton kernels); tests/test_constants.py reads this file
+// and checks that the two agree.
 // Largest odd kernel size the kernels accept; bounds the per-row neighbour lists.
 constexpr int kMaxKernelSize = 15;
 constexpr int kMaxTaps = kMaxKernelSize * kMaxKernelSize;
+// Depthwise weight gradient: per-part partials over ~kDwconvRowsPerPart rows, at most kDwconvMaxParts parts,
+// summed in part order.
+constexpr int64_t kDwconvRowsPerPart = 64;
+constexpr int64_t kDwconvMaxParts = 256;
+// GRN statistics: parts of ~kGrnRowsPerPart rows per group.
+constexpr int64_t kGrnRowsPerPart = 256;
 
 struct Site {
   int64_t b, h, w;
@@ -70,6 +79,12 @@ MMK_HD int64_t parts_per_group(int64_t N, int64_t groups, int64_t rows_per_part)
   const int64_t per_group = groups > 0 ? (N + groups - 1) / groups : 0;
   const int64_t S = (per_group + rows_per_part - 1) / rows_per_part;
   return S > 0 ? S : 1;
+}
+
+// Parts of the depthwise weight gradient for N rows: depends on N only (never on threads or the device).
+MMK_HD int64_t dwconv_parts(int64_t N) {
+  const int64_t S = parts_per_group(N, 1, kDwconvRowsPerPart);
+  return S < kDwconvMaxParts ? S : kDwconvMaxParts;
 }
 
 }  // namespace index

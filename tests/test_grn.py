@@ -104,14 +104,30 @@ def test_gradcheck_fp64(device, impl):
 
 
 @requires_ext
-@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("needs", ["none", "all", "x only", "gamma only"])
 @pytest.mark.parametrize("device, impl", DEVICE_IMPLS)
-def test_opcheck(device, impl, requires_grad):
-    for s in grn_samples(device, torch.float32, requires_grad=requires_grad):
+def test_opcheck(device, impl, needs):
+    """Mixed requires_grad (a frozen GRN, data that needs no gradient), as extension-cpp's tests do."""
+    for s in grn_samples(device, torch.float32, requires_grad=needs == "all"):
+        if needs == "x only":
+            s.x.requires_grad_(True)
+        elif needs == "gamma only":
+            s.gamma.requires_grad_(True)
         for batch_stats in (False, True):
             args = (s.x, s.gamma, s.beta, s.layout.offsets, 1e-6, batch_stats)
             torch.library.opcheck(OP.grn.default, args)
-            if not requires_grad:
+            if needs in ("x only", "gamma only"):
+                leaf = s.x if needs == "x only" else s.gamma
+                stats = "batch" if batch_stats else "per_sample"
+                y = mk.grn(s.x, s.gamma, s.beta, s.layout, stats=stats, impl=impl)
+                g = torch.randn_like(y)
+                (got,) = torch.autograd.grad(y, leaf, g)
+                x64, g64 = s.x.detach().double(), s.gamma.detach().double()
+                leaf64 = (x64 if needs == "x only" else g64).requires_grad_(True)
+                ref = mk.grn(x64, g64, s.beta.detach().double(), s.layout, stats=stats, impl="ref")
+                (want,) = torch.autograd.grad(ref, leaf64, g.double())
+                torch.testing.assert_close(got.double(), want, atol=2e-4, rtol=2e-4, msg=lambda m: f"{s.name}: {m}")
+            if needs == "none":
                 _, gnorm = OP.grn(*args)
                 torch.library.opcheck(OP.grn_backward.default,
                                       (torch.randn_like(s.x), s.x, s.gamma, gnorm, s.layout.offsets, 1e-6,

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import mmearth_kernels as mk
+from mmearth_kernels.reference import sparse_dwconv2d_ref
 from mmearth_kernels.testing import MASK_CASES, dwconv_samples, make_layout
 
 from _compare import check_close, grads, upcast
@@ -102,12 +103,28 @@ def test_gradcheck_fp64(device, impl):
 
 
 @requires_ext
-@pytest.mark.parametrize("requires_grad", [False, True])
+@pytest.mark.parametrize("needs", ["none", "all", "x only", "weight only"])
 @pytest.mark.parametrize("device, impl", DEVICE_IMPLS)
-def test_opcheck(device, impl, requires_grad):
-    for s in dwconv_samples(device, torch.float32, requires_grad=requires_grad):
+def test_opcheck(device, impl, needs):
+    """Inputs that do and do not require grad mixed, as extension-cpp's tests do (a frozen conv, an input
+    that is data): the autograd registration must hand back exactly the gradients asked for."""
+    for s in dwconv_samples(device, torch.float32, requires_grad=needs == "all"):
+        if needs == "x only":
+            s.x.requires_grad_(True)
+        elif needs == "weight only":
+            s.weight.requires_grad_(True)
         torch.library.opcheck(OP.sparse_dwconv2d.default, (s.x, s.weight, s.bias, s.layout.row_pos, s.layout.inv_map))
-        if not requires_grad:
+        if needs in ("x only", "weight only"):  # and the gradient asked for is right
+            leaf = s.x if needs == "x only" else s.weight
+            y = mk.sparse_dwconv2d(s.x, s.weight, s.bias, s.layout, impl=impl)
+            g = torch.randn_like(y)
+            (got,) = torch.autograd.grad(y, leaf, g)
+            x64, w64 = s.x.detach().double(), s.weight.detach().double()
+            leaf64 = (x64 if needs == "x only" else w64).requires_grad_(True)
+            b64 = None if s.bias is None else s.bias.detach().double()
+            (want,) = torch.autograd.grad(sparse_dwconv2d_ref(x64, w64, b64, s.layout), leaf64, g.double())
+            torch.testing.assert_close(got.double(), want, atol=2e-4, rtol=2e-4, msg=lambda m: f"{s.name}: {m}")
+        if needs == "none":
             g = torch.randn_like(s.x)
             torch.library.opcheck(OP.sparse_dwconv2d_backward.default,
                                   (g, s.x, s.weight, s.layout.row_pos, s.layout.inv_map))

@@ -22,7 +22,7 @@ namespace mmearth_kernels {
 namespace cpu {
 namespace {
 
-constexpr int64_t kRowsPerPart = 256;
+constexpr int64_t kRowsPerPart = index::kGrnRowsPerPart;
 
 // Row ranges of every (group, part) task.
 struct Parts {

@@ -218,11 +218,6 @@ MMK_DWCONV_ENTRY(c10::BFloat16)
 MMK_DWCONV_ENTRY(c10::Half)
 #undef MMK_DWCONV_ENTRY
 
-// [C, 1, K, K] -> [K*K, C] in the accumulation type (tiny; done per call).
-at::Tensor taps_major(const at::Tensor& weight) {
-  const int64_t C = weight.size(0);
-  return weight.reshape({C, -1}).t().to(acc_type_of(weight.scalar_type())).contiguous();
-}
 
 // Rows per grain of the forward; small enough to balance two threads on the 7x7 stage.
 constexpr int64_t kFwdGrain = 16;
@@ -261,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cpu(cons
   const at::Tensor w = taps_major(weight);
   const auto acc = w.scalar_type();
   // Parts depend only on N, so the reduction order (and the result) is the same for any thread count.
-  const int64_t parts = std::min<int64_t>(index::parts_per_group(N, 1, 64), 256);
+  const int64_t parts = index::dwconv_parts(N);
   at::Tensor dx = at::empty_like(x);
   at::Tensor dw_part = at::empty({parts, KK, C}, x.options().dtype(acc));
   at::Tensor db_part = at::empty({parts, C}, x.options().dtype(acc));

@@ -18,7 +18,7 @@ namespace mmearth_kernels {
 namespace cuda {
 namespace {
 
-constexpr int64_t kRowsPerPart = 256;
+constexpr int64_t kRowsPerPart = index::kGrnRowsPerPart;
 
 // Rows of part `s` of group `g`: the group is a sample (offsets) or the whole batch. Offsets are not
 // checked on the device (a host sync); instead a group's range is clamped into [0, N] and to

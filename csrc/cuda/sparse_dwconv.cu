@@ -150,10 +150,6 @@ __global__ void sum_parts_kernel(const A* __restrict__ part, int64_t parts, int6
   }
 }
 
-at::Tensor taps_major(const at::Tensor& weight) {
-  const int64_t C = weight.size(0);
-  return weight.reshape({C, -1}).t().to(acc_type_of(weight.scalar_type())).contiguous();
-}
 
 }  // namespace
 
@@ -188,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cuda(con
   const int64_t N = x.size(0), C = x.size(1), K = weight.size(2), KK = K * K;
   const at::Tensor w = taps_major(weight);
   const auto acc = w.scalar_type();
-  const int64_t parts = std::min<int64_t>(index::parts_per_group(N, 1, 64), 256);
+  const int64_t parts = index::dwconv_parts(N);
   at::Tensor dx = at::empty_like(x);
   if (N == 0 || C == 0) {
     return {dx, at::zeros_like(weight), at::zeros({C}, weight.options())};

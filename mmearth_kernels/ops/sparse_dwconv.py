@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
+from .._constants import MAX_KERNEL_SIZE
 from .. import triton as _triton
 from ..layout import SparseLayout, _check_rows
 from ..reference import sparse_dwconv2d_ref
@@ -108,8 +109,8 @@ def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     K = weight.shape[2]
     if weight.shape[3] != K:
         raise ValueError(f"weight must be square [C, 1, K, K], got {tuple(weight.shape)}")
-    if K % 2 == 0 or K > 15:
-        raise ValueError(f"kernel size must be odd and at most 15 (a centred 'same' conv), got {K}")
+    if K % 2 == 0 or K > MAX_KERNEL_SIZE:
+        raise ValueError(f"kernel size must be odd and at most {MAX_KERNEL_SIZE} (a centred 'same' conv), got {K}")
     if bias is not None:
         _impl.check_tensor(bias, "bias", shape=(C,), like=x)
     impl = _impl.resolve(OP, impl, x.device)

@@ -17,9 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .._constants import GRN_ROWS_PER_PART, parts_per_group
 from . import acc_dtype, autotune_configs
 
-ROWS_PER_PART = 256  # as csrc/cpu/grn.cpp
 
 _CONFIGS = autotune_configs([
     triton.Config({"BLOCK_R": 32, "BLOCK_C": 128}, num_warps=4),
@@ -99,9 +99,7 @@ def _apply_kernel(a_ptr, b_ptr, s_ptr, t_ptr, offsets_ptr, out_ptr, N, C, S,
 def _geometry(x, offsets, batch_stats):
     N, C = x.shape
     G = 1 if batch_stats else offsets.shape[0] - 1
-    per_group = -(-N // G) if G else 0
-    S = max(1, -(-per_group // ROWS_PER_PART))
-    return N, C, G, S
+    return N, C, G, parts_per_group(N, G, GRN_ROWS_PER_PART)
 
 
 def _grid(S, G, C):

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._constants import dwconv_parts
 from . import acc_dtype, autotune_configs
 
 # Short lists on purpose: every config is a compile of a 49-tap unrolled kernel, and the GPU check
@@ -157,8 +158,7 @@ def backward(grad_out, x, weight, row_pos, inv_map):
 
     _gather_kernel[grid](grad_out, w_flip, w_flip, row_pos, inv_map, dx, N, C, H, W, inv_map.numel(), K=K,
                          HAS_BIAS=False, ACC=ACC)
-    # Parts depend only on N (same rule as the C++ kernels): deterministic partial sums.
-    parts = min(max(1, -(-N // 64)), 256)
+    parts = dwconv_parts(N)  # depends only on N, the C++ rule (_constants.py): deterministic partial sums
     dw_part = torch.zeros(parts, KK, C, dtype=w.dtype, device=x.device)
     db_part = torch.zeros(parts, C, dtype=w.dtype, device=x.device)
 
