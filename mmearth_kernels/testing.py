@@ -127,7 +127,7 @@ def tiny_stage_shapes(batch: int = 64):
 def training_batch(batch: int, img: int, tasks, device="cpu", seed: int = 0) -> dict[str, torch.Tensor]:
     """An MP-MAE micro-batch in the shapes and dtypes ``train.data`` yields (``input`` and every task's
     target, some pixel targets no-data), for tests and the end-to-end benchmark; add a ``mask`` to step."""
-    from .models.mpmae import CLASS_TASKS, IMAGE_TASKS, PIXEL_TASKS
+    from .tasks import CLASS_TASKS, IMAGE_TASKS, PIXEL_TASKS
 
     g = torch.Generator().manual_seed(seed)
     out = {"input": torch.randn(batch, 12, img, img, generator=g)}

@@ -174,7 +174,7 @@ def test_task_sets_and_sizes():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(tasks="everything"), "tasks must be one of"),
+    (dict(tasks="everything"), r"unknown task\(s\) \[.everything.\]"),
     (dict(tasks=["sentinel3"]), "unknown task"),
     (dict(decoder="unet"), "decoder must be"),
     (dict(loss_weighting="gradnorm"), "loss_weighting must be"),

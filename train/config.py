@@ -113,7 +113,7 @@ def _opt(name: str) -> str:
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Every option checked before anything runs; raises ConfigError naming the first bad one."""
     from mmearth_kernels.models.convnextv2 import BACKENDS, GRN_STATS, SIZES
-    from mmearth_kernels.models.mpmae import resolve_tasks
+    from mmearth_kernels.tasks import resolve_tasks
     from mmearth_kernels.ops import IMPLS
 
     def need(ok: bool, name: str, what: str):
@@ -152,7 +152,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           "or fp32")
     need(cfg.precision in ("auto", "fp32", "bf16"), "precision", "auto, fp32 or bf16")
     try:
-        resolve_tasks(cfg.tasks if cfg.tasks in ("all", "s2", "pixel", "image") else tuple(cfg.tasks.split(",")))
+        resolve_tasks(cfg.tasks)
     except ValueError as e:
         raise ConfigError(f"--tasks: {e}") from None
     return cfg

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from mmearth_kernels.models.convnextv2 import ConvNeXtV2Encoder
 from mmearth_kernels.models.interop import export_dense
-from mmearth_kernels.models.mpmae import MPMAE, TASK_SETS
+from mmearth_kernels.models.mpmae import MPMAE
+from mmearth_kernels.tasks import PIXEL_TASKS, resolve_tasks
 
 LABELS = ("dominant_landcover", "elevation_band", "biome", "eco_region")
 # elevation_band: the tile's mean ASTER elevation in units of the dataset's elevation std, cut at
@@ -70,7 +71,7 @@ def encoder_from_checkpoint(path: str, img_size: int, random_init: bool = False)
         tasks = cfg["tasks"]
         start = MPMAE(cfg["model"], img_size=cfg["crop"], patch_size=cfg["patch_size"], decoder=cfg["decoder"],
                       decoder_dim=cfg.get("decoder_dim", 512),  # checkpoints before --decoder-dim: 512
-                      tasks=tasks if tasks in TASK_SETS else tuple(tasks.split(",")), init=cfg["init"], backend="dense")
+                      tasks=resolve_tasks(tasks), init=cfg["init"], backend="dense")
         state = {k[len("encoder."):]: v for k, v in start.state_dict().items() if k.startswith("encoder.")}
     else:
         state = {k[len("encoder."):]: v for k, v in ck["model"].items() if k.startswith("encoder.")}
@@ -97,7 +98,7 @@ def export_encoder(checkpoint: str, out: str, layout: str = "mmearth") -> dict:
 def _labels_from_targets(batch: dict, label: str) -> torch.Tensor:
     if label == "dominant_landcover":
         lc = batch["esa_worldcover"].flatten(1)                          # [B, H*W], -1 = no data
-        counts = F.one_hot(lc.clamp_min(0), 11).mul_((lc >= 0)[..., None]).sum(1)
+        counts = F.one_hot(lc.clamp_min(0), PIXEL_TASKS["esa_worldcover"]).mul_((lc >= 0)[..., None]).sum(1)
         return torch.where(counts.sum(1) > 0, counts.argmax(1), -1)
     if label == "elevation_band":
         elev = batch["aster"][:, 0].flatten(1)                            # normalised; NaN = no data

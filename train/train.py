@@ -35,7 +35,7 @@ from tqdm import tqdm
 from mmearth_kernels.host_sync import host_only, sync_point
 from mmearth_kernels.masking import num_kept
 from mmearth_kernels.models import MPMAE
-from mmearth_kernels.models.mpmae import TASK_SETS
+from mmearth_kernels.tasks import resolve_tasks
 
 from .batches import DeviceBatches, MicroBatches, default_workers
 from .checkpoint import CheckpointError, check_resumable, load_checkpoint, load_state, save_checkpoint, trim_metrics
@@ -152,7 +152,7 @@ def train(cfg: TrainConfig) -> dict:
     on_gpu = device == "cuda"
     # on a GPU the loader returns stored values and the batch is normalised on the device after the copy
     ds = MMEarthDataset(stem, split="train", crop=cfg.crop, seed=cfg.seed, cache=cache, normalize=not on_gpu)
-    tasks = cfg.tasks if cfg.tasks in TASK_SETS else tuple(cfg.tasks.split(","))
+    tasks = resolve_tasks(cfg.tasks)
     with host_only("the model is built and initialised on the host, then moved"):
         model = MPMAE(cfg.model, img_size=cfg.crop, patch_size=cfg.patch_size, tasks=tasks, decoder=cfg.decoder,
                       decoder_dim=cfg.decoder_dim, mask_ratio=cfg.mask_ratio, loss_weighting=cfg.loss_weighting,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mmearth_kernels.models import MPMAE
+from mmearth_kernels.tasks import PIXEL_CLASS_TASKS
 
 from .files import write_atomically
 
@@ -28,7 +29,7 @@ def save_reconstruction(path: str, model: MPMAE, batch: dict, mask: torch.Tensor
     for r, task in enumerate(rec):
         tgt = batch[task][0].detach().float().cpu()
         pred = rec[task][0].detach().float().cpu()
-        if task in ("dynamic_world", "esa_worldcover"):
+        if task in PIXEL_CLASS_TASKS:
             t_img, p_img = tgt.numpy(), pred.numpy()
             kw = dict(cmap=plt.get_cmap("tab20").with_extremes(bad="0.6"), vmin=-1, vmax=11, interpolation="nearest")
         else:

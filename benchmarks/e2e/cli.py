@@ -10,7 +10,7 @@ import os
 import sys
 from dataclasses import asdict
 
-from mmearth_kernels.models.mpmae import TASK_SETS
+from mmearth_kernels.tasks import TASK_SETS
 
 from .cases import GEOMETRIES, PRECISIONS, Case, available_backends, default_device, parse_backend, quick_grid, \
     why_unavailable

@@ -17,35 +17,9 @@ from ..host_sync import host_only
 from ..masking import check_mask, num_kept, random_patch_mask
 from . import losses as Lf
 from .backends import Plain
+from ..tasks import (CLASS_TASKS, IMAGE_TASKS, PIXEL_CLASS_TASKS, PIXEL_TASKS, TASK_ORDER,  # noqa: F401 (re-exported)
+                     TASK_SETS, resolve_tasks)
 from .convnextv2 import LN_EPS, Block, ConvNeXtV2Encoder
-
-# Output channels per task; DW / ESA / biome / ecoregion are class counts.
-PIXEL_TASKS = {"sentinel2": 12, "sentinel1": 8, "aster": 2, "canopy_height_eth": 2, "dynamic_world": 9,
-               "esa_worldcover": 11}
-IMAGE_TASKS = {"era5": 12, "lat": 2, "lon": 2, "month": 2, "biome": 14, "eco_region": 846}
-CLASS_TASKS = ("dynamic_world", "esa_worldcover", "biome", "eco_region")
-# Upstream's OUT_MODALITIES order (the order of the uncertainty weights).
-TASK_ORDER = ("sentinel2", "sentinel1", "aster", "era5", "dynamic_world", "canopy_height_eth", "lat", "lon", "biome",
-              "eco_region", "month", "esa_worldcover")
-TASK_SETS = {
-    "all": TASK_ORDER,
-    "s2": ("sentinel2",),
-    "pixel": tuple(t for t in TASK_ORDER if t in PIXEL_TASKS),
-    "image": tuple(t for t in TASK_ORDER if t in IMAGE_TASKS),
-}
-
-
-def resolve_tasks(tasks) -> tuple[str, ...]:
-    if isinstance(tasks, str):
-        if tasks not in TASK_SETS:
-            raise ValueError(f"tasks must be one of {', '.join(TASK_SETS)} or a list of task names, got {tasks!r}")
-        return TASK_SETS[tasks]
-    tasks = tuple(tasks)
-    unknown = [t for t in tasks if t not in TASK_ORDER]
-    if unknown or not tasks:
-        raise ValueError(f"unknown task(s) {unknown or tasks}; known: {', '.join(TASK_ORDER)}")
-    return tuple(t for t in TASK_ORDER if t in tasks)
-
 
 class MPMAE(nn.Module):
     def __init__(self, size: str = "atto", img_size: int = 56, patch_size: int = 8, in_chans: int = 12,
@@ -173,7 +147,7 @@ class MPMAE(nn.Module):
                 head = self.pixel_heads[t]
                 pred = F.linear(tokens, head.weight.flatten(1), head.bias)      # the 1x1 conv at masked tokens only
                 tgt = targets[t]
-                if t in ("dynamic_world", "esa_worldcover"):
+                if t in PIXEL_CLASS_TASKS:
                     tgt = Lf.patchify(tgt[:, None].float(), p).long()
                     parts[t] = Lf.masked_pixel_ce_parts(pred, self._masked_targets(tgt, mask, idx), PIXEL_TASKS[t])
                 else:
@@ -207,7 +181,7 @@ class MPMAE(nn.Module):
                 raise TypeError(f"target {t!r} must be a torch.Tensor, got {type(v).__name__}")
             if v.device != device:
                 raise ValueError(f"target {t!r} is on {v.device} but x is on {device}")
-            if t in ("dynamic_world", "esa_worldcover"):
+            if t in PIXEL_CLASS_TASKS:
                 want, classes, integer = [B, img, img], PIXEL_TASKS[t], True
             elif t in PIXEL_TASKS:
                 want, classes, integer = [B, PIXEL_TASKS[t], img, img], None, False

@@ -1,7 +1,7 @@
 """What the MMEarth v001 files hold: one row per tile in every dataset, in this layout.
 
-Facts from the MMEarth data pipeline (see ../shared/reference/mmearth.md §1): dataset names,
-channel order, stored dtype, no-data value, and how each modality becomes a training tensor.
+Facts from the MMEarth data pipeline: dataset names, channel order, stored dtype, no-data value, and how
+each modality becomes a training tensor. The model's view of each (outputs, classes) is mmearth_kernels.tasks.
 """
 
 from __future__ import annotations
@@ -10,16 +10,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mmearth_kernels.tasks import TASKS
+
 # Sentinel-2 bands in file order. B8A comes before B8; B10 (cirrus) is not used for training.
 S2_BANDS = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8A", "B8", "B9", "B10", "B11", "B12")
 S2_USED = tuple(i for i, b in enumerate(S2_BANDS) if b != "B10")  # 12 bands, increasing (h5py needs that)
 S1_BANDS = ("asc_VV", "asc_VH", "asc_HH", "asc_HV", "desc_VV", "desc_VH", "desc_HH", "desc_HV")
 
-# Dynamic World labels are stored +1 (0 = no data); ESA WorldCover codes 10..100 map to 0..10.
-DW_CLASSES = 9
+# Dynamic World labels are stored +1 (0 = no data); ESA WorldCover codes 10..100 map to 0..10. The class
+# counts are the model's (one task table: mmearth_kernels.tasks).
+DW_CLASSES = TASKS["dynamic_world"].outputs
 ESA_CODES = (10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 100)
-BIOMES = 14
-ECOREGIONS = 846
+BIOMES = TASKS["biome"].outputs
+ECOREGIONS = TASKS["eco_region"].outputs
+assert len(ESA_CODES) == TASKS["esa_worldcover"].outputs
 
 
 @dataclass(frozen=True)
@@ -52,8 +56,6 @@ MODALITIES: dict[str, Modality] = {m.name: m for m in [
 
 PIXEL_TASKS = tuple(n for n, m in MODALITIES.items() if m.level == "pixel")
 IMAGE_TASKS = tuple(n for n, m in MODALITIES.items() if m.level == "image")
-CLASS_COUNTS = {"dynamic_world": DW_CLASSES, "esa_worldcover": len(ESA_CODES), "biome": BIOMES,
-                "eco_region": ECOREGIONS}
 METADATA_DTYPE = np.dtype([("tile_id", "S100"), ("S2_type", "S10")])
 
 
