@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mmearth_kernels.models import MPMAE
-from mmearth_kernels.models import losses as Lf
+from mmearth_kernels.models import losses as loss_fns
 from mmearth_kernels.models.mpmae import IMAGE_TASKS, PIXEL_TASKS
 
 from _compare import assert_grads_close
@@ -98,10 +98,10 @@ def test_masked_token_heads_equal_full_heads():
     for task, C in PIXEL_TASKS.items():
         full = m.pixel_heads[task](feats).flatten(2).transpose(1, 2)     # [B, 49, p*p*C], every token
         if task in ("dynamic_world", "esa_worldcover"):
-            tgt = Lf.patchify(t[task][:, None].float(), 8).long()[sel]
+            tgt = loss_fns.patchify(t[task][:, None].float(), 8).long()[sel]
             want = F.cross_entropy(full[sel].reshape(-1, C), tgt.reshape(-1), ignore_index=-1)
         else:
-            tgt = torch.nan_to_num(Lf.patchify(t[task], 8)[sel])
+            tgt = torch.nan_to_num(loss_fns.patchify(t[task], 8)[sel])
             if task == "sentinel2":
                 tgt = (tgt - tgt.mean(-1, keepdim=True)) / (tgt.var(-1, keepdim=True) + 1e-6).sqrt()
             per_patch = ((full[sel] - tgt) ** 2).mean(-1)
@@ -136,28 +136,29 @@ def test_no_leakage_into_the_loss():
 def test_loss_functions():
     # norm_pix on a constant patch: no NaN; an all-ignored CE: 0, not NaN
     pred, const = torch.randn(3, 48), torch.full((3, 48), 2.0)
-    assert torch.isfinite(Lf.masked_patch_mse(pred, const, norm_pix=True))
-    assert Lf.masked_pixel_ce(torch.randn(2, 16 * 9), torch.full((2, 16), -1), 9) == 0
-    assert Lf.class_ce(torch.randn(4, 14), torch.full((4,), -1)) == 0
+    assert torch.isfinite(loss_fns.masked_patch_mse(pred, const, norm_pix=True))
+    assert loss_fns.masked_pixel_ce(torch.randn(2, 16 * 9), torch.full((2, 16), -1), 9) == 0
+    assert loss_fns.class_ce(torch.randn(4, 14), torch.full((4,), -1)) == 0
     logits, idx = torch.randn(4, 14), torch.tensor([3, 0, 13, 5])
     onehot = torch.nn.functional.one_hot(idx, 14).to(torch.uint8)
     onehot[3] = 0  # an all-zero row is ignored
-    torch.testing.assert_close(Lf.class_ce(logits, onehot), Lf.class_ce(logits, torch.tensor([3, 0, 13, -1])))
+    want = loss_fns.class_ce(logits, torch.tensor([3, 0, 13, -1]))
+    torch.testing.assert_close(loss_fns.class_ce(logits, onehot), want)
     # MSE drops NaN targets
     p, tg = torch.tensor([[1.0, 2.0]]), torch.tensor([[float("nan"), 4.0]])
-    assert Lf.vector_mse(p, tg) == 4.0
-    assert Lf.vector_mse(p, torch.full_like(tg, float("nan"))) == 0
+    assert loss_fns.vector_mse(p, tg) == 4.0
+    assert loss_fns.vector_mse(p, torch.full_like(tg, float("nan"))) == 0
     # nodata="ignore" leaves NaN elements out of the patch mean
-    assert Lf.masked_patch_mse(torch.zeros(1, 2), torch.tensor([[float("nan"), 3.0]]), nodata="ignore") == 9.0
-    assert Lf.masked_patch_mse(torch.zeros(1, 2), torch.tensor([[float("nan"), 3.0]]), nodata="zero") == 4.5
+    assert loss_fns.masked_patch_mse(torch.zeros(1, 2), torch.tensor([[float("nan"), 3.0]]), nodata="ignore") == 9.0
+    assert loss_fns.masked_patch_mse(torch.zeros(1, 2), torch.tensor([[float("nan"), 3.0]]), nodata="zero") == 4.5
     # uncertainty weighting: sum exp(-s) L + s, zero-loss terms dropped
     losses, s = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([0.5, 3.0, -1.0])
     want = torch.exp(torch.tensor(-0.5)) * 2 + 0.5 + torch.exp(torch.tensor(1.0)) * 1 - 1.0
-    torch.testing.assert_close(Lf.uncertainty_weighting(losses, s), want)
+    torch.testing.assert_close(loss_fns.uncertainty_weighting(losses, s), want)
     # patchify / unpatchify round trip, (row, column, channel) order inside a patch
     img = torch.randn(2, 3, 16, 16)
-    pt = Lf.patchify(img, 8)
-    assert torch.equal(Lf.unpatchify(pt, 8, 3), img)
+    pt = loss_fns.patchify(img, 8)
+    assert torch.equal(loss_fns.unpatchify(pt, 8, 3), img)
     assert torch.equal(pt[0, 1, :3], img[0, :, 0, 8])  # patch (0, 1), pixel (0, 0), channels 0..2
 
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import layout as L
+from .. import layout as packed
 from ..ops import grn as grn_op
 from ..ops import sparse_dwconv2d
-from . import sparse_layers as S
+from . import sparse_layers
 
 
 def grn_dense(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, stats: str = "per_sample",
@@ -117,10 +117,10 @@ class Sparse:
         self.lay = {"in": lay_in, 0: lay[0], 1: lay[1], 2: lay[2], 3: lay[3]}
 
     def input(self, x):
-        return L.from_dense(x, self.lay["in"])
+        return packed.from_dense(x, self.lay["in"])
 
     def conv_same(self, h, conv):
-        return S.submanifold_conv(h, conv.weight, conv.bias, self.lay["in"])
+        return sparse_layers.submanifold_conv(h, conv.weight, conv.bias, self.lay["in"])
 
     def map(self, h, fn, level):
         return fn(h)
@@ -128,8 +128,8 @@ class Sparse:
     def strided(self, h, conv, src, dst, depthwise=False):
         s = conv.stride[0]
         # k = s = 1 (the stem at 56/8) maps every row to itself: no gather
-        children = S.child_rows(self.lay[dst], self.lay[src], s) if s > 1 else None
-        return S.strided_conv(h, conv.weight, conv.bias, children, depthwise=depthwise)
+        children = sparse_layers.child_rows(self.lay[dst], self.lay[src], s) if s > 1 else None
+        return sparse_layers.strided_conv(h, conv.weight, conv.bias, children, depthwise=depthwise)
 
     def dwconv(self, h, conv, level):
         return sparse_dwconv2d(h.contiguous(), conv.weight, conv.bias, self.lay[level], impl=self.impl)
@@ -141,7 +141,7 @@ class Sparse:
         return h + f
 
     def densify(self, h):
-        return L.to_dense(h, self.lay[3])
+        return packed.to_dense(h, self.lay[3])
 
 
 def _minkowski(encoder, x, mask, kept):

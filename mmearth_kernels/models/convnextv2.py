@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import layout as L
+from .. import layout as packed
 from ..masking import check_mask, num_kept  # noqa: F401  (num_kept re-exported for callers building masks)
 from .backends import BACKENDS, Plain, grn_dense  # noqa: F401  (grn_dense: the dense GRN, re-exported)
 
@@ -196,10 +196,10 @@ class ConvNeXtV2Encoder(nn.Module):
         """Packed layouts of the input resolution and the four stages, each built once per step (at 56/8
         the input and stage-1 resolutions are the same: one layout serves both)."""
         g = self.grid
-        built: dict[int, L.SparseLayout] = {}
+        built: dict[int, packed.SparseLayout] = {}
         for r in [self.img_size] + [g * 8 >> i for i in range(4)]:
             if r not in built:
-                built[r] = L.build_layout(mask, r, kept)
+                built[r] = packed.build_layout(mask, r, kept)
         return [built[self.img_size]] + [built[g * 8 >> i] for i in range(4)]
 
 

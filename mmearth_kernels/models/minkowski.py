@@ -15,7 +15,7 @@ import functools
 
 import torch
 
-from .. import layout as L
+from .. import layout as packed
 from .interop import conv_to_me, depthwise_to_me
 
 INSTALL_HINT = ("install it with `bash scripts/build_minkowski.sh` (builds MinkowskiEngine 0.5.4 for the torch in "
@@ -92,7 +92,7 @@ class Minkowski:
 
     def __init__(self, encoder, x: torch.Tensor, mask: torch.Tensor, kept):
         self.ME = engine()
-        self.lay_in = L.build_layout(mask, encoder.img_size, kept)
+        self.lay_in = packed.build_layout(mask, encoder.img_size, kept)
         self.B, self.g, self.C = x.shape[0], encoder.grid, encoder.dims[-1]
         self.stats = encoder.grn_stats
         self.empty = self.lay_in.num_rows == 0  # the engine crashes on 0 points; the output is all zeros then
@@ -104,7 +104,7 @@ class Minkowski:
         pos = lay.row_pos.long()
         hw = lay.height * lay.width
         coords = torch.stack([pos // hw, (pos % hw) // lay.width, pos % lay.width], dim=1).int()
-        return self.ME.SparseTensor(L.from_dense(x, lay), coordinates=coords.cpu() if not x.is_cuda else coords,
+        return self.ME.SparseTensor(packed.from_dense(x, lay), coordinates=coords.cpu() if not x.is_cuda else coords,
                                     device=x.device)
 
     # With nothing visible the features are plain [0, C] tensors: the per-site layers still run on them

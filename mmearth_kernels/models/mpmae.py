@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from ..host_sync import host_only
 from ..masking import check_mask, num_kept, random_patch_mask
-from . import losses as Lf
+from . import losses as loss_fns
 from .backends import Plain
 from ..tasks import (CLASS_TASKS, IMAGE_TASKS, PIXEL_CLASS_TASKS, PIXEL_TASKS, TASK_ORDER,  # noqa: F401 (re-exported)
                      TASK_SETS, resolve_tasks)
@@ -148,17 +148,18 @@ class MPMAE(nn.Module):
                 pred = F.linear(tokens, head.weight.flatten(1), head.bias)      # the 1x1 conv at masked tokens only
                 tgt = targets[t]
                 if t in PIXEL_CLASS_TASKS:
-                    tgt = Lf.patchify(tgt[:, None].float(), p).long()
-                    parts[t] = Lf.masked_pixel_ce_parts(pred, self._masked_targets(tgt, mask, idx), PIXEL_TASKS[t])
+                    tgt = loss_fns.patchify(tgt[:, None].float(), p).long()
+                    parts[t] = loss_fns.masked_pixel_ce_parts(pred, self._masked_targets(tgt, mask, idx),
+                                                              PIXEL_TASKS[t])
                 else:
-                    tgt = self._masked_targets(Lf.patchify(tgt, p), mask, idx)
+                    tgt = self._masked_targets(loss_fns.patchify(tgt, p), mask, idx)
                     norm_pix = self.norm_pix_loss and t == "sentinel2"
-                    parts[t] = Lf.masked_patch_mse_parts(pred, tgt, norm_pix, self.nodata)
+                    parts[t] = loss_fns.masked_patch_mse_parts(pred, tgt, norm_pix, self.nodata)
             else:
                 pooled = self.image_norm(f.permute(0, 2, 3, 1)).mean(dim=(1, 2))  # all g*g positions
                 out = self.image_heads[t](pooled)
-                parts[t] = (Lf.class_ce_parts(out, targets[t]) if t in CLASS_TASKS
-                            else Lf.vector_mse_parts(out, targets[t]))
+                parts[t] = (loss_fns.class_ce_parts(out, targets[t]) if t in CLASS_TASKS
+                            else loss_fns.vector_mse_parts(out, targets[t]))
         totals = torch.stack([parts[t][0].float() for t in self.tasks])
         counts = torch.stack([parts[t][1] for t in self.tasks]).float()  # fp32 even under autocast: counts > 256
         world = 1
@@ -167,7 +168,7 @@ class MPMAE(nn.Module):
         stacked = totals * world / counts.clamp_min(1)
         losses = dict(zip(self.tasks, stacked.unbind()))
         if self.loss_weighting == "uncertainty":
-            loss = Lf.uncertainty_weighting(stacked, self.log_vars, active=counts > 0)
+            loss = loss_fns.uncertainty_weighting(stacked, self.log_vars, active=counts > 0)
         else:
             loss = stacked.sum()
         return {"loss": loss, "losses": losses, "mask": mask}
@@ -210,6 +211,6 @@ class MPMAE(nn.Module):
         out = {}
         for t, head in self.pixel_heads.items():
             y = head(feats[t]).flatten(2).transpose(1, 2)                      # [B, L, p*p*C]
-            img = Lf.unpatchify(y, self.patch_size, PIXEL_TASKS[t])
+            img = loss_fns.unpatchify(y, self.patch_size, PIXEL_TASKS[t])
             out[t] = img.argmax(1) if t in ("dynamic_world", "esa_worldcover") else img
         return out
