@@ -17,7 +17,7 @@ inline bool is_supported_float(at::ScalarType t) {
 inline at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 // The depthwise weight [C, 1, K, K] as [K*K, C] in the accumulation type, taps-major (the layout every
-// kernel reads, Triton included: mmearth_kernels/triton/sparse_dwconv.py _taps_major). Tiny; per call.
+// kernel reads, Triton included: mmearth_kernels/triton_kernels/sparse_dwconv.py _taps_major). Tiny; per call.
 inline at::Tensor taps_major(const at::Tensor& weight) {
   const int64_t C = weight.size(0);
   return weight.reshape({C, -1}).t().to(acc_type_of(weight.scalar_type())).contiguous();

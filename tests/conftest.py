@@ -5,7 +5,7 @@ import torch
 
 import mmearth_kernels as mk
 from mmearth_kernels import _extension
-from mmearth_kernels import triton as _triton
+from mmearth_kernels import triton_kernels as _triton
 
 HAS_CUDA = torch.cuda.is_available()
 

@@ -89,11 +89,11 @@ def test_a_valid_hand_made_layout_is_accepted():
 @pytest.mark.parametrize("name", ["row_pos 2**30", "row_pos -1", "inv_map = N", "inv_map 2**30"])
 def test_triton_kernels_never_read_outside_with_a_corrupt_layout(name):
     """The GPU kernels get no host-side check (it would sync): out-of-range entries read as inactive."""
-    from mmearth_kernels import triton as _triton
+    from mmearth_kernels import triton_kernels as _triton
 
     if not _triton.INTERPRET:
         pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 before import (scripts/test.sh runs it as its own step)")
-    from mmearth_kernels.triton import sparse_dwconv as kernels
+    from mmearth_kernels.triton_kernels import sparse_dwconv as kernels
 
     rp, im, _ = CORRUPT[name]
     clean = kernels.forward(X, W, None, LAY.row_pos, LAY.inv_map)
@@ -107,11 +107,11 @@ def test_triton_kernels_never_read_outside_with_a_corrupt_layout(name):
 
 @pytest.mark.triton
 def test_triton_grn_clamps_corrupt_offsets():
-    from mmearth_kernels import triton as _triton
+    from mmearth_kernels import triton_kernels as _triton
 
     if not _triton.INTERPRET:
         pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 before import (scripts/test.sh runs it as its own step)")
-    from mmearth_kernels.triton import grn as kernels
+    from mmearth_kernels.triton_kernels import grn as kernels
 
     for off in ([0, 10**6, N], [0, -50, N], [5, 2, N + 99]):
         y, g = kernels.forward(X, torch.ones(8), torch.zeros(8), torch.tensor(off, dtype=torch.int32), 1e-6, False)
@@ -123,7 +123,7 @@ def test_triton_grn_clamps_corrupt_offsets():
                                   pytest.param("triton", marks=pytest.mark.triton)])
 def test_grn_nan_makes_its_sample_nan_in_every_impl(impl):
     if impl == "triton":
-        from mmearth_kernels import triton as _triton
+        from mmearth_kernels import triton_kernels as _triton
 
         if not _triton.INTERPRET:
             pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 before import")

@@ -144,7 +144,7 @@ def test_mmearth_init():
 
 @pytest.mark.triton
 def test_sparse_triton_matches_dense_small():
-    from mmearth_kernels import triton as _triton
+    from mmearth_kernels import triton_kernels as _triton
 
     if not _triton.usable("cpu"):
         pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 before import (scripts/test.sh runs it as its own step)")

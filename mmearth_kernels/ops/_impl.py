@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import _extension
-from .. import triton as _triton
+from .. import triton_kernels as _triton
 
 IMPLS = ("auto", "ref", "cpu", "cuda", "triton")
 

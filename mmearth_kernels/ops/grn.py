@@ -12,7 +12,7 @@ import torch
 
 from .. import _extension
 from ..host_sync import host_only
-from .. import triton as _triton
+from .. import triton_kernels as _triton
 from ..layout import SparseLayout
 from ..reference import grn_ref
 from . import _impl
@@ -60,7 +60,7 @@ if _triton.HAS_TRITON:
     @torch.library.custom_op("mmearth_kernels::grn_triton", mutates_args=())
     def grn_triton(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offsets: torch.Tensor, eps: float,
                    batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..triton import grn as kernels
+        from ..triton_kernels import grn as kernels
 
         return kernels.forward(x, gamma, beta, offsets, eps, batch_stats)
 
@@ -68,7 +68,7 @@ if _triton.HAS_TRITON:
     def grn_backward_triton(grad_out: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, gnorm: torch.Tensor,
                             offsets: torch.Tensor, eps: float, batch_stats: bool
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ..triton import grn as kernels
+        from ..triton_kernels import grn as kernels
 
         return kernels.backward(grad_out, x, gamma, gnorm, offsets, eps, batch_stats)
 

@@ -12,7 +12,7 @@ import torch
 
 from .. import _extension
 from .._constants import MAX_KERNEL_SIZE
-from .. import triton as _triton
+from .. import triton_kernels as _triton
 from ..layout import SparseLayout, _check_rows
 from ..reference import sparse_dwconv2d_ref
 from . import _impl
@@ -64,7 +64,7 @@ if _triton.HAS_TRITON:
     @torch.library.custom_op("mmearth_kernels::sparse_dwconv2d_triton", mutates_args=())
     def sparse_dwconv2d_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                row_pos: torch.Tensor, inv_map: torch.Tensor) -> torch.Tensor:
-        from ..triton import sparse_dwconv as kernels
+        from ..triton_kernels import sparse_dwconv as kernels
 
         return kernels.forward(x, weight, bias, row_pos, inv_map)
 
@@ -77,7 +77,7 @@ if _triton.HAS_TRITON:
     def sparse_dwconv2d_backward_triton(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                                         row_pos: torch.Tensor, inv_map: torch.Tensor
                                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ..triton import sparse_dwconv as kernels
+        from ..triton_kernels import sparse_dwconv as kernels
 
         return kernels.backward(grad_out, x, weight, row_pos, inv_map)
 
