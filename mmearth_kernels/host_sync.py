@@ -51,7 +51,7 @@ _PY_CALLS = (("torch.cuda.synchronize", torch.cuda, "synchronize"),
 
 _HERE = os.path.abspath(__file__)
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
-_state = {"sync_point": 0, "host_only": 0, "recorders": 0}
+_state = {"sync_point": 0, "host_only": 0}
 
 
 @contextlib.contextmanager
@@ -181,14 +181,12 @@ class SyncRecorder(TorchDispatchMode):
 
     def __enter__(self):
         self._patch()
-        _state["recorders"] += 1
         return super().__enter__()
 
     def __exit__(self, *exc):
         try:
             return super().__exit__(*exc)
         finally:
-            _state["recorders"] -= 1
             for owner, attr, original in reversed(self._saved):
                 setattr(owner, attr, original)
             self._saved.clear()

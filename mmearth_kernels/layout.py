@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .host_sync import host_only, sync_point
+from .host_sync import sync_point
+from .masking import check_kept
 
 
 @dataclass(frozen=True)
@@ -165,15 +166,7 @@ def build_layout(mask: torch.Tensor, resolution: int | tuple[int, int], kept_per
         return layout_from_active(active)
     if not 0 <= kept_per_sample <= gh * gw:
         raise ValueError(f"kept_per_sample must be in [0, {gh * gw}], got {kept_per_sample}")
-    if mask.device.type == "cpu" and not torch.compiler.is_compiling():
-        # Cheap on the host; on a GPU this would be a sync, so there it is the caller's promise.
-        with host_only("kept_per_sample check: CPU masks only"):
-            kept = (~mask).flatten(1).sum(1)
-            bad = (kept != kept_per_sample).nonzero()
-            if bad.numel():
-                b = int(bad[0, 0])
-                raise ValueError(f"kept_per_sample={kept_per_sample} but sample {b} of the mask keeps "
-                                 f"{int(kept[b])} patches; pass kept_per_sample=None for masks with varying counts")
+    check_kept(mask, kept_per_sample, "kept_per_sample")  # CPU masks; on a GPU the caller's promise
     return layout_from_active(active, rows_per_sample=kept_per_sample * bh * bw)
 
 

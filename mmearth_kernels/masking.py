@@ -2,6 +2,8 @@
 
 import torch
 
+from .host_sync import host_only
+
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
     """Patches kept per sample, as FCMAE computes it: ``int(L * (1 - ratio))`` (truncation).
@@ -34,8 +36,6 @@ def check_mask(mask, batch: int, grid: int, kept: int | None) -> torch.Tensor:
     returns it as bool. On CPU the values are checked too (integers other than 0/1, and with ``kept``
     given, a sample that does not keep exactly ``kept`` patches); on a GPU that would be a host sync,
     so there both are the caller's promise (``random_patch_mask`` and the trainer keep it)."""
-    from .host_sync import host_only
-
     if not isinstance(mask, torch.Tensor):
         raise TypeError(f"mask must be a torch.Tensor [B, g, g] (1 = masked), got {type(mask).__name__}")
     if mask.dim() != 3 or tuple(mask.shape) != (batch, grid, grid):
@@ -50,11 +50,20 @@ def check_mask(mask, batch: int, grid: int, kept: int | None) -> torch.Tensor:
             if mask.dtype != torch.bool and bool(((mask != 0) & (mask != 1)).any()):
                 raise ValueError(f"mask must hold only 0 and 1 (1 = masked), got the values "
                                  f"{torch.unique(mask).tolist()[:8]}")
-            if kept is not None and batch:
-                counts = (mask == 0).flatten(1).sum(1)
-                wrong = (counts != kept).nonzero()
-                if wrong.numel():
-                    b = int(wrong[0, 0])
-                    raise ValueError(f"kept={kept} but sample {b} of the mask keeps {int(counts[b])} patches; pass "
-                                     f"kept=None for masks whose samples keep different numbers")
-    return mask if mask.dtype == torch.bool else mask != 0
+    mask = mask if mask.dtype == torch.bool else mask != 0
+    check_kept(mask, kept, "kept")
+    return mask
+
+
+def check_kept(mask: torch.Tensor, kept: int | None, name: str) -> None:
+    """That every sample of the bool ``mask`` keeps exactly ``kept`` patches: on CPU masks only (on a GPU
+    the read would be a host sync, so there it is the caller's promise); ``name`` is the argument's."""
+    if kept is None or mask.device.type != "cpu" or torch.compiler.is_compiling() or not mask.shape[0]:
+        return
+    with host_only(f"{name} check: CPU masks only"):
+        counts = (~mask).flatten(1).sum(1)
+        wrong = (counts != kept).nonzero()
+        if wrong.numel():
+            b = int(wrong[0, 0])
+            raise ValueError(f"{name}={kept} but sample {b} of the mask keeps {int(counts[b])} patches; pass "
+                             f"{name}=None for masks whose samples keep different numbers")

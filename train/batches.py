@@ -11,6 +11,7 @@ without making the host wait.
 from __future__ import annotations
 
 import os
+import time
 from typing import Iterator
 
 import torch
@@ -102,8 +103,6 @@ class DeviceBatches:
         self.wait_s = 0.0  # host time spent waiting for the loader
 
     def _fetch(self):
-        import time
-
         t = time.perf_counter()
         with host_only("data loading"):
             tag, batch = next(self.source)

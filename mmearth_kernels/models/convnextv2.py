@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from .. import layout as packed
 from ..masking import check_mask, num_kept  # noqa: F401  (num_kept re-exported for callers building masks)
-from .backends import BACKENDS, Plain, grn_dense  # noqa: F401  (grn_dense: the dense GRN, re-exported)
+from .backends import BACKENDS, Plain
 
 SIZES = {
     "atto": ((2, 2, 6, 2), (40, 80, 160, 320)),
