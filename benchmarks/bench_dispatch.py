@@ -45,7 +45,7 @@ def _register():
     @torch.library.custom_op(f"{_LIB}::dw_custom_bwd", mutates_args=())
     def dw_custom_bwd(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, rp: torch.Tensor, im: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return backward(g, x, w, rp, im)
+        return backward(g, x, w, rp, im, [True, True, False])
 
     def setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
@@ -61,7 +61,7 @@ def _register():
     lib.define("dw_plain(Tensor x, Tensor w, Tensor rp, Tensor im) -> Tensor")
     lib.define("dw_plain_bwd(Tensor g, Tensor x, Tensor w, Tensor rp, Tensor im) -> (Tensor, Tensor, Tensor)")
     lib.impl("dw_plain", lambda x, w, rp, im: kernel(x, w, None, rp, im), "CPU")
-    lib.impl("dw_plain_bwd", lambda g, x, w, rp, im: backward(g, x, w, rp, im), "CPU")
+    lib.impl("dw_plain_bwd", lambda g, x, w, rp, im: backward(g, x, w, rp, im, [True, True, False]), "CPU")
     plain, plain_bwd = torch.ops.mmk_bench.dw_plain, torch.ops.mmk_bench.dw_plain_bwd
 
     class DwFunction(torch.autograd.Function):

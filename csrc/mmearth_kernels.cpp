@@ -28,16 +28,17 @@ static bool built_with_cuda() {
 TORCH_LIBRARY(mmearth_kernels, m) {
   // Submanifold depthwise conv on packed rows: y[p] = bias + sum_k w[k] * x[p + o_k] over active neighbours.
   m.def("sparse_dwconv2d(Tensor x, Tensor weight, Tensor? bias, Tensor row_pos, Tensor inv_map) -> Tensor");
-  // Returns (grad_x, grad_weight, grad_bias); grad_bias is returned even when the forward had no bias.
+  // Returns (grad_x, grad_weight, grad_bias), computing only those whose output_mask entry is true (as
+  // aten::convolution_backward); the others come back as empty tensors (numel 0), never as unfilled memory.
   m.def(
-      "sparse_dwconv2d_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor row_pos, Tensor inv_map)"
-      " -> (Tensor, Tensor, Tensor)");
+      "sparse_dwconv2d_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor row_pos, Tensor inv_map,"
+      " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // GRN on rows grouped by sample; returns (y, gnorm) where gnorm [groups, C] is the L2 norm G (fp32/fp64).
   m.def("grn(Tensor x, Tensor gamma, Tensor beta, Tensor offsets, float eps, bool batch_stats) -> (Tensor, Tensor)");
-  // Returns (grad_x, grad_gamma, grad_beta).
+  // Returns (grad_x, grad_gamma, grad_beta); output_mask as for sparse_dwconv2d_backward.
   m.def(
       "grn_backward(Tensor grad_out, Tensor x, Tensor gamma, Tensor gnorm, Tensor offsets, float eps,"
-      " bool batch_stats) -> (Tensor, Tensor, Tensor)");
+      " bool batch_stats, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   m.def("built_with_cuda() -> bool", &built_with_cuda);
 }
 

@@ -48,20 +48,20 @@ GRN_CASES = {
     "beta dtype": (dict(beta=G.half()), TypeError, "beta has dtype"),
     "stats unknown": (dict(stats="global"), ValueError, "stats must be one of"),
     "eps negative": (dict(eps=-1.0), ValueError, "eps must be >= 0"),
-    "offsets missing": (dict(offsets=None), ValueError, "needs offsets"),
-    "offsets int64": (dict(offsets=L28.offsets.long()), ValueError, "int32"),
-    "layout of another stage": (dict(offsets=L14), ValueError, "another stage"),
+    "layout missing": (dict(layout=None), ValueError, "needs a layout"),
+    "offsets int64": (dict(layout=L28.offsets.long()), ValueError, "int32"),
+    "layout of another stage": (dict(layout=L14), ValueError, "another stage"),
     "x rank 5": (dict(x=torch.randn(1, 2, 3, 4, 8)), ValueError, "x must be"),
-    "dense with offsets": (dict(x=torch.randn(2, 5, 8)), ValueError, "takes no offsets"),
+    "dense with a layout": (dict(x=torch.randn(2, 5, 8)), ValueError, "takes no layout"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(GRN_CASES))
 def test_grn_bad_input(name):
     override, exc, match = GRN_CASES[name]
-    kw = dict(x=X, gamma=G, beta=G, offsets=L28, eps=1e-6, stats="per_sample") | override
+    kw = dict(x=X, gamma=G, beta=G, layout=L28, eps=1e-6, stats="per_sample") | override
     with pytest.raises(exc, match=match):
-        mk.grn(kw["x"], kw["gamma"], kw["beta"], kw["offsets"], eps=kw["eps"], stats=kw["stats"])
+        mk.grn(kw["x"], kw["gamma"], kw["beta"], kw["layout"], eps=kw["eps"], stats=kw["stats"])
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -75,7 +75,7 @@ def test_grn_bad_offset_values(change, impl):
         off[0] = 1
     else:
         off[1] = off[2] + 1
-    with pytest.raises(ValueError, match="offsets must start at 0, end at N"):
+    with pytest.raises(ValueError, match="layout offsets must start at 0, end at N"):
         mk.grn(X, G, G, off, impl=impl)
     if impl == "cpu":  # direct op calls are checked in C++
         with pytest.raises(RuntimeError, match="offsets must"):

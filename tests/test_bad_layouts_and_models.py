@@ -53,7 +53,7 @@ def test_corrupt_layout_is_refused_by_the_cpu_kernels(name):
     with pytest.raises(RuntimeError, match=match):
         op.sparse_dwconv2d(X, W, None, rp, im)
     with pytest.raises(RuntimeError, match=match):
-        op.sparse_dwconv2d_backward(X, X, W, rp, im)
+        op.sparse_dwconv2d_backward(X, X, W, rp, im, [True, True, True])
 
 
 @pytest.mark.parametrize("name", sorted(CORRUPT))
@@ -267,7 +267,7 @@ def test_gpu_kernels_never_read_outside_with_a_corrupt_layout(name, impl):
     fwd = op.sparse_dwconv2d if impl == "cuda" else op.sparse_dwconv2d_triton
     bwd = op.sparse_dwconv2d_backward if impl == "cuda" else op.sparse_dwconv2d_backward_triton
     y = fwd(x, w, None, rp.cuda(), im.cuda())
-    dx, dw, db = bwd(x, x, w, rp.cuda(), im.cuda())
+    dx, dw, db = bwd(x, x, w, rp.cuda(), im.cuda(), [True, True, True])
     torch.cuda.synchronize()  # an illegal access would surface here
     assert all(torch.isfinite(t).all() for t in (y, dx, dw, db))
     off = torch.tensor([0, 10**6, N], dtype=torch.int32, device="cuda")

@@ -14,7 +14,7 @@ from conftest import cpu_impls
 SPARSE_IMPL = "cpu" if "cpu" in cpu_impls("sparse_dwconv2d") else "ref"
 
 
-def _model(size="atto", seed=0, **kw):
+def model(size="atto", seed=0, **kw):
     torch.manual_seed(seed)
     m = encoder(size, **kw)
     with torch.no_grad():
@@ -23,7 +23,7 @@ def _model(size="atto", seed=0, **kw):
     return m
 
 
-def _mask(batch, ratio, seed, all_masked_sample=False):
+def mask_of(batch, ratio, seed, all_masked_sample=False):
     m = mk.random_patch_mask(batch, 7, ratio, generator=torch.Generator().manual_seed(seed))
     kept = mk.num_kept(49, ratio)
     if all_masked_sample:
@@ -32,7 +32,7 @@ def _mask(batch, ratio, seed, all_masked_sample=False):
     return m, kept
 
 
-def _run(m, backend, x, mask, kept, **kw):
+def run(m, backend, x, mask, kept, **kw):
     m.backend = backend
     for k, v in kw.items():
         setattr(m, k, v)
@@ -55,11 +55,11 @@ CASES = [  # (size, img, patch, stem, ratio, all_masked_sample, grn_stats)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_dense_and_sparse_agree(case):
     size, img, patch, stem, ratio, empty0, stats = case
-    m = _model(size, img_size=img, patch_size=patch, stem=stem, grn_stats=stats, impl=SPARSE_IMPL)
+    m = model(size, img_size=img, patch_size=patch, stem=stem, grn_stats=stats, impl=SPARSE_IMPL)
     x = torch.randn(3, 12, img, img)
-    mask, kept = _mask(3, ratio, seed=len(size) + img, all_masked_sample=empty0)
-    yd, gd = _run(m, "dense", x, mask, kept)
-    ys, gs = _run(m, "sparse", x, mask, kept)
+    mask, kept = mask_of(3, ratio, seed=len(size) + img, all_masked_sample=empty0)
+    yd, gd = run(m, "dense", x, mask, kept)
+    ys, gs = run(m, "sparse", x, mask, kept)
     assert ys.shape == (3, m.dims[-1], 7, 7)
     torch.testing.assert_close(ys, yd, atol=2e-4, rtol=2e-4)
     # Gradients are sums over thousands of sites in a different order: compare by the relative
@@ -70,11 +70,11 @@ def test_dense_and_sparse_agree(case):
 
 
 def test_dense_and_sparse_agree_fp64():
-    m = _model(impl=SPARSE_IMPL, grn_stats="batch").double()
+    m = model(impl=SPARSE_IMPL, grn_stats="batch").double()
     x = torch.randn(2, 12, 56, 56, dtype=torch.float64)
-    mask, kept = _mask(2, 0.6, seed=11)
-    yd, gd = _run(m, "dense", x, mask, kept)
-    ys, gs = _run(m, "sparse", x, mask, kept)
+    mask, kept = mask_of(2, 0.6, seed=11)
+    yd, gd = run(m, "dense", x, mask, kept)
+    ys, gs = run(m, "sparse", x, mask, kept)
     torch.testing.assert_close(ys, yd, atol=1e-11, rtol=1e-11)
     for name in gd:
         torch.testing.assert_close(gs[name], gd[name], atol=1e-9, rtol=1e-9)
@@ -83,8 +83,8 @@ def test_dense_and_sparse_agree_fp64():
 @pytest.mark.parametrize("backend", ["dense", "sparse"])
 def test_no_leakage(backend):
     """Changing masked input pixels changes no output (and so no loss computed from it)."""
-    m = _model(impl=SPARSE_IMPL, backend=backend)
-    mask, kept = _mask(2, 0.6, seed=5)
+    m = model(impl=SPARSE_IMPL, backend=backend)
+    mask, kept = mask_of(2, 0.6, seed=5)
     x = torch.randn(2, 12, 56, 56)
     hidden = mask.repeat_interleave(8, 1).repeat_interleave(8, 2)[:, None].expand_as(x)
     x2 = x.clone()
@@ -93,7 +93,7 @@ def test_no_leakage(backend):
         torch.testing.assert_close(m(x, mask, kept), m(x2, mask, kept), atol=0, rtol=0)
 
 
-def _plain_convnextv2(m: ConvNeXtV2Encoder, x):
+def plain_convnextv2(m: ConvNeXtV2Encoder, x):
     """Upstream's dense ConvNeXt V2 forward (no mask anywhere), written independently."""
     def ln_cf(t, norm):
         return F.layer_norm(t.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias, norm.eps)\
@@ -117,10 +117,10 @@ def _plain_convnextv2(m: ConvNeXtV2Encoder, x):
 
 @pytest.mark.parametrize("stem", ["mmearth", "original"])
 def test_mask_zero_is_plain_convnextv2(stem):
-    m = _model(stem=stem, impl=SPARSE_IMPL)
+    m = model(stem=stem, impl=SPARSE_IMPL)
     x = torch.randn(2, 12, 56, 56)
     with torch.no_grad():
-        want = _plain_convnextv2(m, x)
+        want = plain_convnextv2(m, x)
         for backend in ("dense", "sparse"):
             m.backend = backend
             torch.testing.assert_close(m(x), want, atol=2e-4, rtol=2e-4)
@@ -148,11 +148,11 @@ def test_sparse_triton_matches_dense_small():
 
     if not _triton.usable("cpu"):
         pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 before import (scripts/test.sh runs it as its own step)")
-    m = _model(depths=(1, 1, 1, 1), dims=(8, 16, 8, 16), img_size=16, patch_size=8, impl="triton")
+    m = model(depths=(1, 1, 1, 1), dims=(8, 16, 8, 16), img_size=16, patch_size=8, impl="triton")
     x = torch.randn(2, 12, 16, 16)
     mask = torch.tensor([[[0, 1], [1, 0]], [[1, 1], [1, 0]]], dtype=torch.bool)
-    yd, gd = _run(m, "dense", x, mask, None)
-    ys, gs = _run(m, "sparse", x, mask, None)
+    yd, gd = run(m, "dense", x, mask, None)
+    ys, gs = run(m, "sparse", x, mask, None)
     torch.testing.assert_close(ys, yd, atol=2e-4, rtol=2e-4)
     assert_grads_close(gs, gd)
 

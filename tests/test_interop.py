@@ -7,7 +7,7 @@ import mmearth_kernels as mk
 from mmearth_kernels.models import encoder
 from mmearth_kernels.models.interop import export_dense, load_sparse_checkpoint
 
-from test_encoder import _model, _plain_convnextv2
+from _encoder_helpers import model, plain_convnextv2
 
 
 def _me_kernel(weight, depthwise=False):
@@ -64,7 +64,7 @@ def _to_me_checkpoint(m):
 @pytest.mark.parametrize("stem, img, patch", [("mmearth", 56, 8), ("mmearth", 112, 16), ("original", 224, 32),
                                               ("original", 56, 8)])
 def test_load_released_sparse_checkpoint(tmp_path, stem, img, patch):
-    src = _model(stem=stem, img_size=img, patch_size=patch)
+    src = model(stem=stem, img_size=img, patch_size=patch)
     path = tmp_path / "checkpoint-199.pth"
     torch.save({"model": _to_me_checkpoint(src), "epoch": 199}, path)
     dst = encoder("atto", stem=stem, img_size=img, patch_size=patch)
@@ -102,17 +102,17 @@ def test_strict_loading_errors():
     m = encoder("atto")
     with pytest.raises(ValueError, match="lacks encoder parameters"):
         load_sparse_checkpoint(m, {"encoder.stem.0.bias": torch.zeros(1, 40)})
-    orig = _to_me_checkpoint(_model(stem="original"))
+    orig = _to_me_checkpoint(model(stem="original"))
     with pytest.raises(ValueError, match="original stem but the encoder was built with stem='mmearth'"):
         load_sparse_checkpoint(m, orig)
     with pytest.raises(ValueError, match="different model size"):
-        load_sparse_checkpoint(encoder("femto"), _to_me_checkpoint(_model()))
+        load_sparse_checkpoint(encoder("femto"), _to_me_checkpoint(model()))
     with pytest.raises(TypeError, match="path or a state_dict"):
         load_sparse_checkpoint(m, 42)
 
 
 def test_export_mmearth_layout_runs_as_upstream_dense_model():
-    m = _model()
+    m = model()
     sd = export_dense(m, "mmearth")
     assert "initial_conv.0.weight" in sd and "stem.0.weight" in sd and "downsample_layers.2.1.weight" in sd
     assert sd["stages.3.1.grn.gamma"].shape == (1, 1, 1, 1280)
@@ -123,11 +123,11 @@ def test_export_mmearth_layout_runs_as_upstream_dense_model():
     back.load_state_dict({mapping[k]: v for k, v in sd.items()})
     x = torch.randn(2, 12, 56, 56)
     with torch.no_grad():
-        torch.testing.assert_close(_plain_convnextv2(back, x), _plain_convnextv2(m, x))
+        torch.testing.assert_close(plain_convnextv2(back, x), plain_convnextv2(m, x))
 
 
 def test_export_timm_layout():
-    m = _model(stem="original", img_size=224, patch_size=32)
+    m = model(stem="original", img_size=224, patch_size=32)
     sd = export_dense(m, "timm")
     assert sd["stem.0.weight"].shape == (40, 12, 4, 4) and sd["stem.1.weight"].shape == (40,)
     assert sd["stages.1.downsample.1.weight"].shape == (80, 40, 2, 2)
@@ -136,6 +136,6 @@ def test_export_timm_layout():
     assert sd["stages.3.blocks.1.mlp.fc2.weight"].shape == (320, 1280)
     assert not any(k.startswith("downsample_layers") for k in sd)
     with pytest.raises(ValueError, match="no MMEarth stem"):
-        export_dense(_model(), "timm")
+        export_dense(model(), "timm")
     with pytest.raises(ValueError, match="layout must be"):
         export_dense(m, "onnx")

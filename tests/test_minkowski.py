@@ -14,7 +14,7 @@ import mmearth_kernels as mk
 from mmearth_kernels.models import minkowski
 
 from _compare import assert_grads_close
-from test_encoder import _mask, _model, _run
+from _encoder_helpers import mask_of, model, run
 
 HAVE_ME = minkowski.available()
 needs_me = pytest.mark.skipif(not HAVE_ME, reason="MinkowskiEngine is not installed: run scripts/build_minkowski.sh "
@@ -33,12 +33,12 @@ def test_engine_present_when_required():
                                                               ("mmearth", "per_sample", True),
                                                               ("original", "batch", False)])
 def test_three_backends_agree(stem, stats, all_masked_sample):
-    m = _model(stem=stem, grn_stats=stats, depths=(1, 1, 2, 1), dims=(16, 24, 32, 40))
+    m = model(stem=stem, grn_stats=stats, depths=(1, 1, 2, 1), dims=(16, 24, 32, 40))
     x = torch.randn(2, 12, 56, 56)
-    mask, kept = _mask(2, 0.6, seed=9, all_masked_sample=all_masked_sample)
-    yd, gd = _run(m, "dense", x, mask, kept)
-    ym, gm = _run(m, "minkowski", x, mask, kept)
-    ys, gs = _run(m, "sparse", x, mask, kept)
+    mask, kept = mask_of(2, 0.6, seed=9, all_masked_sample=all_masked_sample)
+    yd, gd = run(m, "dense", x, mask, kept)
+    ym, gm = run(m, "minkowski", x, mask, kept)
+    ys, gs = run(m, "sparse", x, mask, kept)
     torch.testing.assert_close(ym, yd, atol=2e-4, rtol=2e-4)
     torch.testing.assert_close(ys, yd, atol=2e-4, rtol=2e-4)
     assert_grads_close(gm, gd, what="minkowski")

@@ -22,10 +22,11 @@ def test_cpu_kernel_is_available():
     assert "cpu" in IMPLS, "the C++ CPU kernel is not available: mmearth_kernels._C failed to build or load"
 
 
+@pytest.mark.parametrize("case", MASK_CASES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("device, impl", DEVICE_IMPLS)
-def test_matches_reference(device, impl, dtype, poison):
-    for s in dwconv_samples(device, dtype, requires_grad=True):
+def test_matches_reference(device, impl, dtype, case, poison):
+    for s in dwconv_samples(device, dtype, requires_grad=True, cases=[case]):  # the (C, K, bias) configs
         inputs = [s.x, s.weight, s.bias]
         out = mk.sparse_dwconv2d(*s.args(), impl=impl)
         g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(device)
@@ -127,14 +128,14 @@ def test_opcheck(device, impl, needs):
         if needs == "none":
             g = torch.randn_like(s.x)
             torch.library.opcheck(OP.sparse_dwconv2d_backward.default,
-                                  (g, s.x, s.weight, s.layout.row_pos, s.layout.inv_map))
+                                  (g, s.x, s.weight, s.layout.row_pos, s.layout.inv_map, [True, True, True]))
 
 
 @requires_ext
 def test_backward_is_deterministic_across_thread_counts():
     s = dwconv_samples("cpu", torch.float32, cases=[MASK_CASES[3]])[0]
     g = torch.randn_like(s.x)
-    args = (g, s.x, s.weight, s.layout.row_pos, s.layout.inv_map)
+    args = (g, s.x, s.weight, s.layout.row_pos, s.layout.inv_map, [True, True, True])
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -11,6 +11,7 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -209,14 +210,16 @@ std::tuple<at::Tensor, at::Tensor> grn_cpu(const at::Tensor& x, const at::Tensor
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
                                                                 const at::Tensor& gamma, const at::Tensor& gnorm,
                                                                 const at::Tensor& offsets, double eps,
-                                                                bool batch_stats) {
+                                                                bool batch_stats, std::array<bool, 3> output_mask) {
   check_grn_backward(grad_out, x, gamma, gnorm, offsets, eps, batch_stats);
   TORCH_INTERNAL_ASSERT(x.device().is_cpu());
+  // The statistics pass feeds every gradient; the last pass (over all rows) only dx.
+  const bool need_dx = output_mask[0];
   const int64_t N = x.size(0), C = x.size(1);
   const Parts parts = make_parts(offsets, N, batch_stats);
   const int64_t G = parts.groups(), S = parts.S;
   const auto acc = acc_type_of(x.scalar_type());
-  at::Tensor dx = at::empty_like(x);
+  at::Tensor dx = need_dx ? at::empty_like(x) : x.new_empty({0});
   at::Tensor s1 = at::empty({parts.tasks(), C}, x.options().dtype(acc));
   at::Tensor s0 = at::empty({parts.tasks(), C}, x.options().dtype(acc));
   at::Tensor scale = at::empty({G, C}, x.options().dtype(acc));
@@ -270,6 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(const at::Tensor
         cf[g * C + c] = Gg[c] > A(0) ? dLdG / Gg[c] : A(0);
       }
     }
+    if (!need_dx) return;
     scalar_t* dxp = dx.data_ptr<scalar_t>();
     at::parallel_for(0, parts.tasks(), 1, [&](int64_t tb, int64_t te) {
       for (int64_t t = tb; t < te; ++t) {
@@ -279,7 +283,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(const at::Tensor
       }
     });
   });
-  return {dx, dgamma.to(gamma.scalar_type()), dbeta.to(gamma.scalar_type())};
+  return {dx, output_mask[1] ? dgamma.to(gamma.scalar_type()) : gamma.new_empty({0}),
+          output_mask[2] ? dbeta.to(gamma.scalar_type()) : gamma.new_empty({0})};
 }
 
 TORCH_LIBRARY_IMPL(mmearth_kernels, CPU, m) {

@@ -7,6 +7,7 @@
 // the weight-gradient products for the same (p, q, k) triples. Weight/bias gradients go to
 // per-part fp32 partials that a second pass sums in a fixed order: no atomics, deterministic.
 #include <ATen/Parallel.h>
+#include <array>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -146,7 +147,8 @@ MMK_INLINE void fwd_rows_impl(const DwFwdArgs<T>& a, int64_t begin, int64_t end)
   }
 }
 
-template <int U, bool TAIL, typename T>
+// NEED_DX false: only the weight and bias gradients (the input does not require grad).
+template <int U, bool TAIL, bool NEED_DX, typename T>
 MMK_INLINE void bwd_block(const DwBwdArgs<T>& a, int64_t q, int n, const int32_t* nbr, const int32_t* tap,
                           acc_t<T>* dwp, acc_t<T>* dbp, int64_t c, int64_t cend) {
   using V = vec_t<T>;
@@ -164,19 +166,19 @@ MMK_INLINE void bwd_block(const DwBwdArgs<T>& a, int64_t q, int n, const int32_t
     for (int u = 0; u < U; ++u) {
       const int64_t valid = cend - c - u * L;
       const V g = vload_upto<TAIL>(gr + u * L, valid);
-      dx[u] += vload_upto<TAIL>(wr + u * L, valid) * g;
+      if constexpr (NEED_DX) dx[u] += vload_upto<TAIL>(wr + u * L, valid) * g;
       vstore_upto<TAIL>(dwr + u * L, vload_upto<TAIL>(dwr + u * L, valid) + g * xq[u], valid);
     }
   }
   for (int u = 0; u < U; ++u) {
     const int64_t valid = cend - c - u * L;
-    vstore_upto<TAIL>(a.dx + q * a.C + c + u * L, dx[u], valid);
+    if constexpr (NEED_DX) vstore_upto<TAIL>(a.dx + q * a.C + c + u * L, dx[u], valid);
     vstore_upto<TAIL>(dbp + c + u * L, vload_upto<TAIL>(dbp + c + u * L, valid) + vload_upto<TAIL>(a.dy + q * a.C + c + u * L, valid),
                valid);
   }
 }
 
-template <typename T>
+template <typename T, bool NEED_DX>
 struct BwdBody {
   const DwBwdArgs<T>& a;
   int64_t q;
@@ -187,11 +189,11 @@ struct BwdBody {
   acc_t<T>* dbp;
   template <int U, bool TAIL>
   MMK_INLINE void run(int64_t c, int64_t cend) {
-    bwd_block<U, TAIL>(a, q, n, nbr, tap, dwp, dbp, c, cend);
+    bwd_block<U, TAIL, NEED_DX>(a, q, n, nbr, tap, dwp, dbp, c, cend);
   }
 };
 
-template <typename T>
+template <bool NEED_DX, typename T>
 MMK_INLINE void bwd_rows_impl(const DwBwdArgs<T>& a, int64_t begin, int64_t end, acc_t<T>* dwp, acc_t<T>* dbp) {
   int32_t nbr[kMaxTaps];
   int32_t tap[kMaxTaps];
@@ -200,7 +202,7 @@ MMK_INLINE void bwd_rows_impl(const DwBwdArgs<T>& a, int64_t begin, int64_t end,
   for (int64_t q = begin; q < end; ++q) {
     const index::Site s = index::decode(a.row_pos[q], a.B, a.H, a.W);
     const int n = gather_neighbours(a.inv_map, s, a.N, a.H, a.W, a.K, -1, nbr, tap);
-    for_channel_blocks<T>(a.C, BwdBody<T>{a, q, n, nbr, tap, dwp, dbp});
+    for_channel_blocks<T>(a.C, BwdBody<T, NEED_DX>{a, q, n, nbr, tap, dwp, dbp});
   }
 }
 
@@ -210,7 +212,11 @@ MMK_INLINE void bwd_rows_impl(const DwBwdArgs<T>& a, int64_t begin, int64_t end,
     fwd_rows_impl(a, begin, end);                                                                                \
   }                                                                                                              \
   MMK_CPU_CLONES void bwd_rows(const DwBwdArgs<T>& a, int64_t begin, int64_t end, acc_t<T>* dwp, acc_t<T>* dbp) { \
-    bwd_rows_impl(a, begin, end, dwp, dbp);                                                                      \
+    bwd_rows_impl<true>(a, begin, end, dwp, dbp);                                                                \
+  }                                                                                                              \
+  MMK_CPU_CLONES void wgrad_rows(const DwBwdArgs<T>& a, int64_t begin, int64_t end, acc_t<T>* dwp,              \
+                                 acc_t<T>* dbp) {                                                                \
+    bwd_rows_impl<false>(a, begin, end, dwp, dbp);                                                               \
   }
 MMK_DWCONV_ENTRY(float)
 MMK_DWCONV_ENTRY(double)
@@ -248,40 +254,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cpu(cons
                                                                              const at::Tensor& x,
                                                                              const at::Tensor& weight,
                                                                              const at::Tensor& row_pos,
-                                                                             const at::Tensor& inv_map) {
+                                                                             const at::Tensor& inv_map,
+                                                                             std::array<bool, 3> output_mask) {
   check_sparse_dwconv_backward(grad_out, x, weight, row_pos, inv_map);
   TORCH_INTERNAL_ASSERT(x.device().is_cpu());
   check_layout_values_cpu(row_pos, inv_map, "sparse_dwconv2d_backward");
+  const auto [need_dx, need_dw, need_db] = output_mask;
+  if (!need_dw && !need_db) {
+    // Only the input gradient: the forward gather with the flipped kernel, dx[q] = sum_t w[t] dy[q - o_t]
+    // (the fused pass below would also accumulate the weight gradient).
+    at::Tensor dx = need_dx ? sparse_dwconv2d_cpu(grad_out, weight.flip({2, 3}).contiguous(), c10::nullopt, row_pos,
+                                                  inv_map)
+                            : x.new_empty({0});
+    return {dx, weight.new_empty({0}), weight.new_empty({0})};
+  }
   const int64_t N = x.size(0), C = x.size(1), K = weight.size(2), KK = K * K;
   const at::Tensor w = taps_major(weight);
   const auto acc = w.scalar_type();
   // Parts depend only on N, so the reduction order (and the result) is the same for any thread count.
   const int64_t parts = index::dwconv_parts(N);
-  at::Tensor dx = at::empty_like(x);
+  at::Tensor dx = need_dx ? at::empty_like(x) : x.new_empty({0});
   at::Tensor dw_part = at::empty({parts, KK, C}, x.options().dtype(acc));
   at::Tensor db_part = at::empty({parts, C}, x.options().dtype(acc));
-  if (N == 0 || C == 0) {
-    return {dx, at::zeros_like(weight), at::zeros({C}, weight.options())};
-  }
+  const auto finish = [&](at::Tensor grad_w, at::Tensor grad_b) -> std::tuple<at::Tensor, at::Tensor, at::Tensor> {
+    return {dx, need_dw ? grad_w : weight.new_empty({0}), need_db ? grad_b : weight.new_empty({0})};
+  };
+  if (N == 0 || C == 0) return finish(at::zeros_like(weight), at::zeros({C}, weight.options()));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_backward_cpu", [&] {
     using A = acc_t<scalar_t>;
     const DwBwdArgs<scalar_t> a{grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), w.data_ptr<A>(),
                                 row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), inv_map.size(0), N,
-                                inv_map.size(1), inv_map.size(2), K, C, dx.data_ptr<scalar_t>(), dw_part.data_ptr<A>(),
-                                db_part.data_ptr<A>()};
+                                inv_map.size(1), inv_map.size(2), K, C, need_dx ? dx.data_ptr<scalar_t>() : nullptr,
+                                dw_part.data_ptr<A>(), db_part.data_ptr<A>()};
     at::parallel_for(0, parts, 1, [&](int64_t pbegin, int64_t pend) {
       for (int64_t s = pbegin; s < pend; ++s) {
         int64_t lo, hi;
         index::split_range(0, N, s, parts, &lo, &hi);
-        bwd_rows(a, lo, hi, a.dw_part + s * KK * C, a.db_part + s * C);
+        if (need_dx) {
+          bwd_rows(a, lo, hi, a.dw_part + s * KK * C, a.db_part + s * C);
+        } else {
+          wgrad_rows(a, lo, hi, a.dw_part + s * KK * C, a.db_part + s * C);
+        }
       }
     });
   });
   // Second stage: sum the partials over parts (a fixed-order reduction in ATen on CPU).
   at::Tensor dw = dw_part.sum(0);  // [KK, C]
   at::Tensor db = db_part.sum(0);  // [C]
-  at::Tensor grad_w = dw.t().reshape({C, 1, K, K}).to(weight.scalar_type()).contiguous();
-  return {dx, grad_w, db.to(weight.scalar_type())};
+  return finish(dw.t().reshape({C, 1, K, K}).to(weight.scalar_type()).contiguous(), db.to(weight.scalar_type()));
 }
 
 TORCH_LIBRARY_IMPL(mmearth_kernels, CPU, m) {

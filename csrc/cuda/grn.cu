@@ -10,6 +10,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
+
 #include "../checks.h"
 #include "../sparse_index.h"
 #include "launch.cuh"
@@ -180,21 +182,28 @@ std::tuple<at::Tensor, at::Tensor> grn_cuda(const at::Tensor& x, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
                                                                  const at::Tensor& gamma, const at::Tensor& gnorm,
                                                                  const at::Tensor& offsets, double eps,
-                                                                 bool batch_stats) {
+                                                                 bool batch_stats, std::array<bool, 3> output_mask) {
   check_grn_backward(grad_out, x, gamma, gnorm, offsets, eps, batch_stats);
+  // The statistics feed every gradient; the parameter-gradient kernel and the last pass over all rows (dx)
+  // run only when asked for.
+  const auto [need_dx, need_dgamma, need_dbeta] = output_mask;
   TORCH_INTERNAL_ASSERT(x.device().is_cuda());
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t N = x.size(0), C = x.size(1), G = num_groups(offsets, batch_stats);
   const int64_t S = index::parts_per_group(N, G, kRowsPerPart);
   const auto acc = acc_type_of(x.scalar_type());
   const auto opts = x.options().dtype(acc);
-  at::Tensor dx = at::empty_like(x);
+  at::Tensor dx = need_dx ? at::empty_like(x) : x.new_empty({0});
   at::Tensor s1_part = at::empty({G * S, C}, opts), s0_part = at::empty({G * S, C}, opts);
   at::Tensor s1 = at::empty({G, C}, opts), s0 = at::empty({G, C}, opts), nx = at::empty({G, C}, opts);
   at::Tensor scale = at::empty({G, C}, opts), coef = at::empty({G, C}, opts);
   at::Tensor dgamma = at::empty({C}, opts), dbeta = at::empty({C}, opts);
   const at::Tensor gamma_a = gamma.to(acc).contiguous(), gn = gnorm.contiguous();
-  if (C == 0) return {dx, dgamma.to(gamma.scalar_type()), dbeta.to(gamma.scalar_type())};
+  const auto finish = [&]() -> std::tuple<at::Tensor, at::Tensor, at::Tensor> {
+    return {dx, need_dgamma ? dgamma.to(gamma.scalar_type()) : gamma.new_empty({0}),
+            need_dbeta ? dbeta.to(gamma.scalar_type()) : gamma.new_empty({0})};
+  };
+  if (C == 0) return finish();
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const dim3 grid(static_cast<unsigned int>(S), static_cast<unsigned int>(G));
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, ((C + 31) / 32) * 32));
@@ -208,16 +217,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cuda(const at::Tenso
         s1_part.data_ptr<A>(), s0_part.data_ptr<A>(), gn.data_ptr<A>(), gamma_a.data_ptr<A>(), C, S, eps,
         s1.data_ptr<A>(), s0.data_ptr<A>(), nx.data_ptr<A>(), scale.data_ptr<A>(), coef.data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    grn_param_grad_kernel<A><<<blocks_for(C), kThreads, 0, stream>>>(s1.data_ptr<A>(), s0.data_ptr<A>(),
-                                                                      nx.data_ptr<A>(), G, C, dgamma.data_ptr<A>(),
-                                                                      dbeta.data_ptr<A>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (need_dgamma || need_dbeta) {
+      grn_param_grad_kernel<A><<<blocks_for(C), kThreads, 0, stream>>>(s1.data_ptr<A>(), s0.data_ptr<A>(),
+                                                                        nx.data_ptr<A>(), G, C, dgamma.data_ptr<A>(),
+                                                                        dbeta.data_ptr<A>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (!need_dx) return;
     grn_apply_kernel<scalar_t, A><<<grid, threads, 0, stream>>>(
         grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), scale.data_ptr<A>(), coef.data_ptr<A>(), true,
         offsets.data_ptr<int32_t>(), batch_stats, N, C, S, dx.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {dx, dgamma.to(gamma.scalar_type()), dbeta.to(gamma.scalar_type())};
+  return finish();
 }
 
 TORCH_LIBRARY_IMPL(mmearth_kernels, CUDA, m) {

@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cstdint>
 #include <initializer_list>
 
@@ -177,31 +178,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cuda(con
                                                                               const at::Tensor& x,
                                                                               const at::Tensor& weight,
                                                                               const at::Tensor& row_pos,
-                                                                              const at::Tensor& inv_map) {
+                                                                              const at::Tensor& inv_map,
+                                                                              std::array<bool, 3> output_mask) {
   check_sparse_dwconv_backward(grad_out, x, weight, row_pos, inv_map);
   TORCH_INTERNAL_ASSERT(x.device().is_cuda());
   const c10::cuda::CUDAGuard guard(x.device());
+  // dx (a gather) and dw/db (partials + reductions) are separate kernels: each runs only when asked for.
+  const auto [need_dx, need_dw, need_db] = output_mask;
+  const bool need_params = need_dw || need_db;
   const int64_t N = x.size(0), C = x.size(1), K = weight.size(2), KK = K * K;
   const at::Tensor w = taps_major(weight);
   const auto acc = w.scalar_type();
   const int64_t parts = index::dwconv_parts(N);
-  at::Tensor dx = at::empty_like(x);
-  if (N == 0 || C == 0) {
-    return {dx, at::zeros_like(weight), at::zeros({C}, weight.options())};
-  }
+  at::Tensor dx = need_dx ? at::empty_like(x) : x.new_empty({0});
+  const auto finish = [&](at::Tensor grad_w, at::Tensor grad_b) -> std::tuple<at::Tensor, at::Tensor, at::Tensor> {
+    return {dx, need_dw ? grad_w : weight.new_empty({0}), need_db ? grad_b : weight.new_empty({0})};
+  };
+  if (N == 0 || C == 0) return finish(at::zeros_like(weight), at::zeros({C}, weight.options()));
   // Flipped taps: dx[q] = sum_t w[t] dy[q - o_t] = sum_t w[KK-1-t] dy[q + o_t].
   const at::Tensor w_flip = w.flip({0}).contiguous();
-  at::Tensor dw_part = at::empty({parts, KK, C}, x.options().dtype(acc));
-  at::Tensor db_part = at::empty({parts, C}, x.options().dtype(acc));
-  at::Tensor dw = at::empty({KK, C}, x.options().dtype(acc));
-  at::Tensor db = at::empty({C}, x.options().dtype(acc));
+  const int64_t P = need_params ? parts : 0;  // no partial buffers when only dx is asked for
+  at::Tensor dw_part = at::empty({P, KK, C}, x.options().dtype(acc));
+  at::Tensor db_part = at::empty({P, C}, x.options().dtype(acc));
+  at::Tensor dw = at::empty({need_params ? KK : 0, C}, x.options().dtype(acc));
+  at::Tensor db = at::empty({need_params ? C : 0}, x.options().dtype(acc));
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_backward_cuda", [&] {
     using A = acc_t<scalar_t>;
     const int64_t B = inv_map.size(0), H = inv_map.size(1), W = inv_map.size(2);
-    launch_gather<scalar_t, A>(grad_out.data_ptr<scalar_t>(), w_flip.data_ptr<A>(), nullptr,
-                               row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), B, N, H, W, K, C,
-                               dx.data_ptr<scalar_t>(), stream);
+    if (need_dx) {
+      launch_gather<scalar_t, A>(grad_out.data_ptr<scalar_t>(), w_flip.data_ptr<A>(), nullptr,
+                                 row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), B, N, H, W, K, C,
+                                 dx.data_ptr<scalar_t>(), stream);
+    }
+    if (!need_params) return;
     const dim3 grid(static_cast<unsigned int>(parts), static_cast<unsigned int>((C + kThreads - 1) / kThreads));
     const scalar_t* gp = grad_out.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -233,8 +243,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cuda(con
     sum_parts_kernel<A><<<blocks_for(C), kThreads, 0, stream>>>(db_part.data_ptr<A>(), parts, C, db.data_ptr<A>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  at::Tensor grad_w = dw.t().reshape({C, 1, K, K}).to(weight.scalar_type()).contiguous();
-  return {dx, grad_w, db.to(weight.scalar_type())};
+  if (!need_params) return finish({}, {});
+  return finish(dw.t().reshape({C, 1, K, K}).to(weight.scalar_type()).contiguous(), db.to(weight.scalar_type()));
 }
 
 TORCH_LIBRARY_IMPL(mmearth_kernels, CUDA, m) {

@@ -15,7 +15,7 @@ from .._constants import MAX_KERNEL_SIZE
 from .. import triton_kernels as _triton
 from ..layout import SparseLayout, _check_rows
 from ..reference import sparse_dwconv2d_ref
-from . import _impl
+from . import _checks, _impl
 
 OP = "sparse_dwconv2d"
 
@@ -25,9 +25,12 @@ def _fake_checks(x, weight):
     torch._check(weight.dim() == 4 and weight.shape[0] == x.shape[1], lambda: "weight must be [C, 1, K, K]")
 
 
-def _fake_backward(grad_out, x, weight, row_pos, inv_map):
+def _fake_backward(grad_out, x, weight, row_pos, inv_map, output_mask):
     _fake_checks(x, weight)
-    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+    need_dx, need_dw, need_db = output_mask
+    return (torch.empty_like(x) if need_dx else x.new_empty(0),
+            torch.empty_like(weight) if need_dw else weight.new_empty(0),
+            weight.new_empty(weight.shape[0] if need_db else 0))
 
 
 def _setup_context(ctx, inputs, output):
@@ -39,9 +42,11 @@ def _setup_context(ctx, inputs, output):
 def _autograd_for(backward_op):
     def backward(ctx, grad):
         x, weight, row_pos, inv_map = ctx.saved_tensors
+        # Only the gradients autograd will use are computed (a frozen weight, an input that needs none)
+        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
         # opcheck and autograd may hand us non-contiguous (even zero-stride) gradients.
-        dx, dw, db = backward_op(grad.contiguous(), x, weight, row_pos, inv_map)
-        return dx, dw, (db if ctx.has_bias else None), None, None
+        grads = backward_op(grad.contiguous(), x, weight, row_pos, inv_map, need)
+        return tuple(g if n else None for g, n in zip(grads, need)) + (None, None)
 
     return backward
 
@@ -75,11 +80,11 @@ if _triton.HAS_TRITON:
 
     @torch.library.custom_op("mmearth_kernels::sparse_dwconv2d_backward_triton", mutates_args=())
     def sparse_dwconv2d_backward_triton(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                                        row_pos: torch.Tensor, inv_map: torch.Tensor
+                                        row_pos: torch.Tensor, inv_map: torch.Tensor, output_mask: list[bool]
                                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from ..triton_kernels import sparse_dwconv as kernels
 
-        return kernels.backward(grad_out, x, weight, row_pos, inv_map)
+        return kernels.backward(grad_out, x, weight, row_pos, inv_map, output_mask)
 
     sparse_dwconv2d_backward_triton.register_fake(_fake_backward)
     sparse_dwconv2d_triton.register_autograd(_autograd_for(sparse_dwconv2d_backward_triton),
@@ -99,11 +104,11 @@ def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     Returns:
         ``[N, C]`` in x's dtype.
     """
-    _impl.check_tensor(x, "x", dim=2)
+    _checks.check_tensor(x, "x", dim=2)
     _check_rows(x, layout)
     C = x.shape[1]
-    weight, bias = _impl.autocast_params(x, weight, bias)
-    _impl.check_tensor(weight, "weight", dim=4, like=x)
+    weight, bias = _checks.autocast_params(x, weight, bias)
+    _checks.check_tensor(weight, "weight", dim=4, like=x)
     if weight.shape[0] != C or weight.shape[1] != 1:
         raise ValueError(f"weight must have shape [C, 1, K, K] with C = {C} (x's channels), got {tuple(weight.shape)}")
     K = weight.shape[2]
@@ -112,7 +117,7 @@ def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     if K % 2 == 0 or K > MAX_KERNEL_SIZE:
         raise ValueError(f"kernel size must be odd and at most {MAX_KERNEL_SIZE} (a centred 'same' conv), got {K}")
     if bias is not None:
-        _impl.check_tensor(bias, "bias", shape=(C,), like=x)
+        _checks.check_tensor(bias, "bias", shape=(C,), like=x)
     impl = _impl.resolve(OP, impl, x.device)
     if impl == "ref":
         return sparse_dwconv2d_ref(x, weight, bias, layout)

@@ -124,11 +124,13 @@ def forward(x, gamma, beta, offsets, eps: float, batch_stats: bool):
     return y, gnorm
 
 
-def backward(grad_out, x, gamma, gnorm, offsets, eps: float, batch_stats: bool):
+def backward(grad_out, x, gamma, gnorm, offsets, eps: float, batch_stats: bool, output_mask=(True, True, True)):
+    """``(dx, dgamma, dbeta)``; those whose ``output_mask`` entry is False are not computed (empty tensors)."""
+    need_dx, need_dgamma, need_dbeta = output_mask
     grad_out = grad_out.contiguous()
     N, C, G, S = _geometry(x, offsets, batch_stats)
     acc = gnorm.dtype
-    dx = torch.empty_like(x)
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
     s1p = torch.empty(G * S, C, dtype=acc, device=x.device)
     s0p = torch.empty(G * S, C, dtype=acc, device=x.device)
     ACC = acc_dtype(x.dtype)
@@ -144,9 +146,9 @@ def backward(grad_out, x, gamma, gnorm, offsets, eps: float, batch_stats: bool):
     dldg = a / denom - (a * gnorm).sum(-1, keepdim=True) / (max(C, 1) * denom * denom)
     coef = torch.where(gnorm > 0, dldg / torch.where(gnorm > 0, gnorm, 1), 0).contiguous()  # G = 0: no gradient
     scale = (1 + ga * nx).contiguous()
-    if C > 0:
+    if C > 0 and need_dx:
         _apply_kernel[_grid(S, G, C)](grad_out, x, scale, coef, offsets, dx, N, C, S, BATCH=batch_stats, HAS_B=True,
                                       ACC=ACC)
-    dgamma = (s1 * nx).sum(0).to(gamma.dtype)
-    dbeta = s0.sum(0).to(gamma.dtype)
+    dgamma = (s1 * nx).sum(0).to(gamma.dtype) if need_dgamma else gamma.new_empty(0)
+    dbeta = s0.sum(0).to(gamma.dtype) if need_dbeta else gamma.new_empty(0)
     return dx, dgamma, dbeta

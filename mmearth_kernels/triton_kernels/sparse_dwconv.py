@@ -138,15 +138,21 @@ def forward(x, weight, bias, row_pos, inv_map) -> torch.Tensor:
     return y
 
 
-def backward(grad_out, x, weight, row_pos, inv_map):
+def backward(grad_out, x, weight, row_pos, inv_map, output_mask=(True, True, True)):
+    """``(dx, dweight, dbias)``; those whose ``output_mask`` entry is False are not computed (empty tensors)."""
     _check(x, weight, row_pos, inv_map)
+    need_dx, need_dw, need_db = output_mask
     grad_out = grad_out.contiguous()
     N, C = x.shape
     K = weight.shape[-1]
     KK = K * K
-    dx = torch.empty_like(x)
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+
+    def finish(dw, db):
+        return dx, (dw if need_dw else weight.new_empty(0)), (db if need_db else weight.new_empty(0))
+
     if N == 0 or C == 0:
-        return dx, torch.zeros_like(weight), weight.new_zeros(C)
+        return finish(torch.zeros_like(weight), weight.new_zeros(C))
     w = _taps_major(weight)
     # Flipped taps: dx[q] = sum_t w[t] dy[q - o_t] = sum_t w[KK-1-t] dy[q + o_t].
     w_flip = w.flip(0).contiguous()
@@ -156,8 +162,11 @@ def backward(grad_out, x, weight, row_pos, inv_map):
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_R"]), triton.cdiv(C, meta["BLOCK_C"]))
 
-    _gather_kernel[grid](grad_out, w_flip, w_flip, row_pos, inv_map, dx, N, C, H, W, inv_map.numel(), K=K,
-                         HAS_BIAS=False, ACC=ACC)
+    if need_dx:
+        _gather_kernel[grid](grad_out, w_flip, w_flip, row_pos, inv_map, dx, N, C, H, W, inv_map.numel(), K=K,
+                             HAS_BIAS=False, ACC=ACC)
+    if not (need_dw or need_db):
+        return finish(None, None)
     parts = dwconv_parts(N)  # depends only on N, the C++ rule (_constants.py): deterministic partial sums
     dw_part = torch.zeros(parts, KK, C, dtype=w.dtype, device=x.device)
     db_part = torch.zeros(parts, C, dtype=w.dtype, device=x.device)
@@ -168,4 +177,4 @@ def backward(grad_out, x, weight, row_pos, inv_map):
     _wgrad_kernel[wgrid](grad_out, x, row_pos, inv_map, dw_part, db_part, N, C, H, W, inv_map.numel(), parts, K=K,
                          ACC=ACC)
     dw = dw_part.sum(0).t().reshape(C, 1, K, K).to(weight.dtype).contiguous()
-    return dx, dw, db_part.sum(0).to(weight.dtype)
+    return finish(dw, db_part.sum(0).to(weight.dtype))
