@@ -43,7 +43,7 @@ def test_loader(source, data, benchmark):
         benchmark.group = "loader MMEarth64, 12 tasks, batch 64"
         benchmark.extra_info.update(CONTEXT, kind="loader", source=source, samples=batch, tiles=TILES,
                                     workers=1, torch_threads=1, pid=os.getpid())
-        benchmark.pedantic(ds.__getitems__, setup=setup, rounds=10, warmup_rounds=1, iterations=1)
+        benchmark.pedantic(ds.read_batch, setup=setup, rounds=10, warmup_rounds=1, iterations=1)
     finally:
         torch.set_num_threads(threads)
 
@@ -58,9 +58,9 @@ def test_loader_workers(workers, normalize, data, benchmark):
     ds = MMEarthDataset(stem, split="train", crop=56, cache=cache, normalize=normalize)
     rng = np.random.default_rng(0)
     batches = [sorted(rng.choice(len(ds), 64, replace=False).tolist()) for _ in range(400)]
-    from train.batches import collate
+    from train.batches import BatchReads  # the trainer's loader: whole batches, nothing restacked
 
-    loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+    loader = torch.utils.data.DataLoader(BatchReads(ds), batch_size=None, sampler=batches, num_workers=workers,
                                          persistent_workers=True, prefetch_factor=4)
     it = iter(loader)
     for _ in range(2 * workers):  # workers started and their first batches made

@@ -315,3 +315,18 @@ def test_generator_cli_splits(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main([str(tmp_path / "bad"), "--tiles", "10", "--size", "16", "--splits", bad])
         assert "--splits must be" in capsys.readouterr().err
+
+
+def test_read_batch_is_the_samples_stacked(stem, tmp_path):
+    """The trainer reads whole batches; a plain DataLoader's samples are cut from the same batch."""
+    cache = build_cache(stem, str(tmp_path / "cache"))
+    for source in (None, cache):
+        ds = MMEarthDataset(stem, split="train", crop=56, seed=3, cache=source)
+        idx = [5, 0, 3, 3, 1]  # unsorted, with a repeat: rows come back in the order asked
+        batch = ds.read_batch(idx)
+        items = ds.__getitems__(idx)
+        assert set(batch) == set(items[0])
+        for k, v in batch.items():
+            assert v.shape[0] == len(idx), k
+            assert torch.equal(v.nan_to_num(), torch.stack([it[k] for it in items]).nan_to_num()), k
+        assert batch["index"].tolist() == ds.rows[idx].tolist()

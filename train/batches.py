@@ -31,8 +31,15 @@ def epoch_batches(n: int, batch: int, epoch: int, seed: int, rank: int, world: i
     return [order[s * per_step + rank * batch: s * per_step + (rank + 1) * batch] for s in range(steps)]
 
 
-def collate(items):
-    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+class BatchReads(torch.utils.data.Dataset):
+    """A dataset whose items are whole batches (``ds.read_batch``): the loader's sampler yields lists of
+    indices and nothing is cut into samples and stacked again (``batch_size=None`` turns collation off)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __getitem__(self, idxs) -> dict:
+        return self.ds.read_batch(idxs)
 
 
 def default_workers(device: str, world: int = 1) -> int:
@@ -75,10 +82,10 @@ class MicroBatches:
             self.ds.set_epoch(epoch)  # before the workers copy the dataset: new crops each epoch
             todo = batches[position:]
             if self.workers:
-                loader = torch.utils.data.DataLoader(self.ds, batch_sampler=todo, num_workers=self.workers,
-                                                     collate_fn=collate, pin_memory=self.pin_memory)
+                loader = torch.utils.data.DataLoader(BatchReads(self.ds), batch_size=None, sampler=todo,
+                                                     num_workers=self.workers, pin_memory=self.pin_memory)
             else:
-                loader = (collate(self.ds.__getitems__(b)) for b in todo)
+                loader = (self.ds.read_batch(b) for b in todo)
             for i, batch in enumerate(loader):
                 yield (epoch, position + i), batch
             epoch, position = epoch + 1, 0

@@ -123,8 +123,7 @@ def load_mmearth(stem: str, label: str, split: str, limit: int = 0, crop: int | 
     n = len(ds) if not limit else min(limit, len(ds))
     xs, ys = [], []
     for s in range(0, n, 128):
-        items = ds.__getitems__(list(range(s, min(n, s + 128))))
-        batch = {k: torch.stack([it[k] for it in items]) for k in ("input", target)}
+        batch = ds.read_batch(list(range(s, min(n, s + 128))))
         xs.append(batch["input"])
         ys.append(_labels_from_targets(batch, label))
     if not xs:  # an empty split (e.g. a probe set made with --splits 0.5,0,0.5 has no val rows)

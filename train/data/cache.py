@@ -33,6 +33,7 @@ from tqdm import tqdm
 from .cache_format import FORMAT, MANIFEST, MARKER, _source_id, is_cache_dir, open_cache  # noqa: F401
 from .modalities import ALL_TASKS, MODALITIES, DataError
 from .reader import MMEarthDataset
+from .sources import load_json
 
 def build_cache(stem: str, root: str, names=ALL_TASKS, rows_per_read: int = 512, overwrite: bool = False) -> str:
     """Convert every row of ``stem``.h5 (all splits) into a cache directory at ``root``."""
@@ -85,9 +86,7 @@ def build_cache(stem: str, root: str, names=ALL_TASKS, rows_per_read: int = 512,
 
 
 def _splits(stem: str) -> dict:
-    from .reader import _load_json
-
-    return _load_json(stem + "_splits.json", "splits")
+    return load_json(stem + "_splits.json", "splits")
 
 
 def main(argv=None):

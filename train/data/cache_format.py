@@ -60,11 +60,16 @@ def _read_manifest(root: str) -> dict:
 
 
 class Cache:
+    """A :class:`.sources.Source` over the cache's memory-mapped arrays (used channels, stored dtypes)."""
+
     def __init__(self, root: str, arrays: dict[str, np.ndarray], l2a: np.ndarray):
-        self.root, self.arrays, self.l2a = root, arrays, l2a
+        self.root, self.arrays, self.l2a_flags = root, arrays, l2a
 
     def read(self, name: str, rows: np.ndarray) -> np.ndarray:
         return self.arrays[name][rows]
+
+    def l2a(self, rows: np.ndarray) -> np.ndarray:
+        return self.l2a_flags[rows]
 
 
 def open_cache(root: str, h5_path: str, names) -> Cache:

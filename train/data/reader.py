@@ -8,28 +8,12 @@ stored code, before remapping); input and target never share storage.
 
 from __future__ import annotations
 
-import json
-import os
-
-import h5py
 import numpy as np
 import torch
 
 from .cache_format import open_cache
 from .modalities import ALL_TASKS, MODALITIES, DataError, dw_lookup, esa_lookup, used_channels  # noqa: F401
-
-
-def _load_json(path: str, what: str) -> dict:
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: {what} file is missing")
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"{path}: cannot read {what} ({e})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: {what} must be a JSON object, got a {type(obj).__name__}")
-    return obj
+from .sources import H5Source, Source, load_json
 
 
 def stats_arrays(stats: dict, path: str, names) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -149,16 +133,14 @@ class MMEarthDataset(torch.utils.data.Dataset):
                 raise ValueError(f"input modality {name!r} must be a continuous pixel modality")
         self.names = tuple(dict.fromkeys(self.inputs + self.targets))
         self.normalize, self.seed, self.epoch = normalize, seed, 0
-        if not os.path.isfile(self.path):
-            raise DataError(f"{self.path}: HDF5 file is missing")
-        self.n, self.size = self._validate_h5()
+        self.h5 = H5Source(self.path, self.names, self.stem + "_tile_info.json")
+        self.n, self.size = self.h5.n, self.h5.size
         if crop is not None and not 0 < crop <= self.size:
             raise ValueError(f"crop must be in (0, {self.size}] for {self.size} px tiles, got {crop}")
         self.crop = crop
-        self.stats = stats_arrays(_load_json(self.stem + "_band_stats.json", "band statistics"),
+        self.stats = stats_arrays(load_json(self.stem + "_band_stats.json", "band statistics"),
                                   self.stem + "_band_stats.json", self.names)
-        self.tile_info = _load_json(self.stem + "_tile_info.json", "tile info")
-        splits = _load_json(self.stem + "_splits.json", "splits")
+        splits = load_json(self.stem + "_splits.json", "splits")
         if split not in splits:
             raise DataError(f"{self.stem}_splits.json: no split {split!r} (has {', '.join(splits)})")
         listed = splits[split]
@@ -173,60 +155,8 @@ class MMEarthDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.stem}_splits.json: split {split!r} lists row {int(bad[0])}, but {self.path} has "
                             f"{self.n} rows")
         self.rows = rows
-        self._h5, self._pid = None, None
-        self.cache = None
-        if cache is not None:
-            self.cache = open_cache(cache, self.path, self.names)
-
-    # -- file access -------------------------------------------------------------------------
-    def _validate_h5(self):
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as e:
-            raise DataError(f"{self.path}: cannot open as HDF5 (truncated or not an MMEarth file): {e}") from e
-        with f:
-            n = size = None
-            for name in self.names + ("metadata",):
-                if name not in f:
-                    raise DataError(f"{self.path}: modality {name!r} is missing (datasets: {', '.join(f.keys())})")
-                d = f[name]
-                if not isinstance(d, h5py.Dataset):
-                    raise DataError(f"{self.path}: {name!r} is an HDF5 {type(d).__name__}, not a dataset (modality "
-                                    f"{name})")
-                if name == "metadata":
-                    if d.shape != (n,) or "tile_id" not in (d.dtype.names or ()):
-                        raise DataError(f"{self.path}: metadata must be ({n},) records with a tile_id, got "
-                                        f"{d.shape} {d.dtype}")
-                    continue
-                m = MODALITIES[name]
-                ndim = 4 if m.level == "pixel" else 2
-                if d.ndim != ndim or d.shape[1] != m.channels or (ndim == 4 and d.shape[2] != d.shape[3]):
-                    want = "(N, C, H, H)" if ndim == 4 else "(N, C)"
-                    raise DataError(f"{self.path}: modality {name!r} must have shape {want} with C = {m.channels}, "
-                                    f"got {d.shape}")
-                if d.dtype != m.dtype:
-                    raise DataError(f"{self.path}: modality {name!r} must be stored as {m.dtype}, got {d.dtype}")
-                if n is None:
-                    n = d.shape[0]
-                elif d.shape[0] != n:
-                    raise DataError(f"{self.path}: modality {name!r} has {d.shape[0]} rows, others have {n}")
-                if ndim == 4:
-                    if size is None:
-                        size = d.shape[2]
-                    elif d.shape[2] != size:
-                        raise DataError(f"{self.path}: modality {name!r} is {d.shape[2]} px, others {size} px")
-        return n, size
-
-    def _file(self):
-        # One handle per process, opened lazily: h5py handles must not cross a fork (DataLoader workers).
-        if self._h5 is None or self._pid != os.getpid():
-            self._h5, self._pid = h5py.File(self.path, "r"), os.getpid()
-        return self._h5
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_h5"], state["_pid"] = None, None
-        return state
+        # Where rows are read from: the HDF5 file, or the cache made from it (checked against it)
+        self.source: Source = self.h5 if cache is None else open_cache(cache, self.path, self.names)
 
     def set_epoch(self, epoch: int) -> None:
         """New crop offsets per epoch (still a function of seed, epoch and row)."""
@@ -239,43 +169,13 @@ class MMEarthDataset(torch.utils.data.Dataset):
     def read_raw(self, rows: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Stored values of these rows (used channels) and the per-row L2A flag, in the given order."""
         order = np.argsort(rows, kind="stable")
-        uniq, inverse = np.unique(rows[order], return_inverse=True)
-        raw = {}
-        if self.cache is not None:
-            for name in self.names:
-                raw[name] = self.cache.read(name, uniq)
-            l2a = self.cache.l2a[uniq]
-        else:
-            f = self._file()
-            try:
-                for name in self.names:
-                    a = f[name][uniq.tolist()]  # one read call per modality; rows must be increasing
-                    ch = used_channels(name)
-                    raw[name] = a if len(ch) == a.shape[1] else a[:, list(ch)]
-                ids = f["metadata"]["tile_id"][uniq.tolist()] if "S2_type" not in f["metadata"].dtype.names else None
-                meta = f["metadata"][uniq.tolist()]
-            except OSError as e:
-                raise DataError(f"{self.path}: read failed for rows {uniq[:4].tolist()}... (truncated file?): {e}") \
-                    from e
-            l2a = self._l2a_flags(meta if ids is None else ids)
+        uniq, inverse = np.unique(rows[order], return_inverse=True)  # sources read increasing, unique rows
+        raw = {name: self.source.read(name, uniq) for name in self.names}
+        l2a = self.source.l2a(uniq)
         back = np.empty_like(order)
         back[order] = np.arange(len(order))
         pick = inverse[back]
         return {k: v[pick] for k, v in raw.items()}, l2a[pick]
-
-    def _l2a_flags(self, meta) -> np.ndarray:
-        flags = np.empty(len(meta), dtype=bool)
-        for i, rec in enumerate(meta):
-            tile = (rec["tile_id"] if meta.dtype.names else rec).decode()
-            info = self.tile_info.get(tile)
-            if not isinstance(info, dict) or "S2_type" not in info:
-                raise DataError(f"{self.stem}_tile_info.json: no S2_type for tile {tile!r} (modality sentinel2)")
-            kind = str(info["S2_type"]).lower()
-            if kind not in ("l1c", "l2a"):
-                raise DataError(f"{self.stem}_tile_info.json: tile {tile!r} has S2_type {info['S2_type']!r}; "
-                                f"expected l1c or l2a (modality sentinel2)")
-            flags[i] = kind == "l2a"
-        return flags
 
     def _crop(self, raw: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         if self.crop is None or self.crop == self.size:
@@ -289,8 +189,9 @@ class MMEarthDataset(torch.utils.data.Dataset):
                 out[name] = np.stack([a[i, :, y:y + self.crop, x:x + self.crop] for i, (y, x) in enumerate(offs)])
         return out
 
-    def __getitems__(self, idxs) -> list[dict]:
-        """Batched fetch (DataLoader uses it): one read per modality for the whole batch."""
+    def read_batch(self, idxs) -> dict[str, torch.Tensor]:
+        """The samples at ``idxs`` as one batch (each value ``[len(idxs), ...]``): one read per modality.
+        The trainer reads this way; what the model gets is never cut into samples and stacked again."""
         rows = self.rows[np.asarray(idxs, dtype=np.int64)]
         raw, l2a = self.read_raw(rows)
         raw = self._crop(raw, rows)
@@ -302,7 +203,13 @@ class MMEarthDataset(torch.utils.data.Dataset):
             batch = {f"raw_{k}": v for k, v in tensors.items()}
             batch["l2a"] = l2a_t
         batch["index"] = torch.from_numpy(rows)
-        return [{k: v[i] for k, v in batch.items()} for i in range(len(rows))]
+        return batch
+
+    def __getitems__(self, idxs) -> list[dict]:
+        """Samples for a plain ``DataLoader(ds, batch_size=...)`` (its collate stacks them again): one read per
+        modality for the whole batch. :meth:`read_batch` skips the split and the stack."""
+        batch = self.read_batch(idxs)
+        return [{k: v[i] for k, v in batch.items()} for i in range(len(idxs))]
 
     def __getitem__(self, idx: int) -> dict:
         if not -len(self) <= idx < len(self):
