@@ -4,7 +4,7 @@
 import os
 import sys
 
-import train.train as trainer
+import train.loop as trainer
 
 _real_lr_at = trainer.lr_at
 

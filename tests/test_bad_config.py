@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-import train.train as trainer
+import train.loop as trainer
 from train.checkpoint import CheckpointError
 from train.config import ConfigError, TrainConfig, parse_config
 from train.data.reader import DataError
@@ -80,34 +80,34 @@ def _cfg(stem, out, **kw):
 
 def test_a_batch_larger_than_the_split_is_an_error_not_a_hang(stem, tmp_path):
     with pytest.raises(ConfigError, match="--batch-size: the train split has 12 samples, fewer than one global"):
-        trainer.train(_cfg(stem, tmp_path, batch_size=5000))
+        trainer.pretrain(_cfg(stem, tmp_path, batch_size=5000))
 
 
 def test_an_empty_train_split_is_an_error(stem, tmp_path):
     d = tmp_path / "d"
     empty = write_dataset(str(d), tiles=6, size=64, seed=2, quiet=True, splits=(0.0, 0.5, 0.5))
     with pytest.raises(ConfigError, match="train split has 0 samples"):
-        trainer.train(_cfg(empty, tmp_path / "o"))
+        trainer.pretrain(_cfg(empty, tmp_path / "o"))
 
 
 def test_device_cuda_without_a_gpu_is_a_config_error(stem, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible here: --device cuda is valid")
     with pytest.raises(ConfigError, match="no CUDA device is visible"):
-        trainer.train(_cfg(stem, tmp_path, device="cuda"))
+        trainer.pretrain(_cfg(stem, tmp_path, device="cuda"))
 
 
 # -- resume -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run(stem, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    trainer.train(_cfg(stem, out, steps=4, stop_after=2))
+    trainer.pretrain(_cfg(stem, out, steps=4, stop_after=2))
     return out
 
 
 def _resume(stem, run, tmp_path, path, **kw):
     out = tmp_path / "resumed"
-    return trainer.train(_cfg(stem, out, steps=4, resume=str(path), **kw))
+    return trainer.pretrain(_cfg(stem, out, steps=4, resume=str(path), **kw))
 
 
 @pytest.mark.parametrize("change, match", [
@@ -153,12 +153,12 @@ def test_resume_refuses_foreign_and_damaged_files(stem, run, tmp_path, kind, mak
 
 def test_kill_and_resume_leaves_no_temp_and_logs_no_step_twice(stem, tmp_path):
     out = tmp_path / "k"
-    trainer.train(_cfg(stem, out, steps=6, stop_after=4, ckpt_every=2))
+    trainer.pretrain(_cfg(stem, out, steps=6, stop_after=4, ckpt_every=2))
     # a kill -9 during the next checkpoint write, after two more metrics records were written
     (out / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 5, "loss": 1.0}) + "\n" + '{"step": 6, "lo')
-    trainer.train(_cfg(stem, out, steps=6, resume="auto", ckpt_every=2))
+    trainer.pretrain(_cfg(stem, out, steps=6, resume="auto", ckpt_every=2))
     steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert sorted(os.listdir(out)) == ["last.pt", "metrics.jsonl", "tb"] or \
@@ -167,7 +167,7 @@ def test_kill_and_resume_leaves_no_temp_and_logs_no_step_twice(stem, tmp_path):
 
 def test_a_full_disk_names_the_path_and_keeps_last_pt(stem, tmp_path, monkeypatch):
     out = tmp_path / "f"
-    trainer.train(_cfg(stem, out, steps=2, ckpt_every=1))
+    trainer.pretrain(_cfg(stem, out, steps=2, ckpt_every=1))
     before = (out / "last.pt").read_bytes()
 
     def full_disk(obj, f, *a, **k):
@@ -176,7 +176,7 @@ def test_a_full_disk_names_the_path_and_keeps_last_pt(stem, tmp_path, monkeypatc
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(WriteError, match=f"could not write {out / 'last.pt'}: .*unexpected pos.*previous version"):
-        trainer.train(_cfg(stem, out, steps=3, ckpt_every=1, resume="auto"))
+        trainer.pretrain(_cfg(stem, out, steps=3, ckpt_every=1, resume="auto"))
     assert (out / "last.pt").read_bytes() == before
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
 
@@ -188,7 +188,7 @@ def test_a_planted_symlink_is_never_followed(stem, tmp_path):
     victim.write_text("mine")
     for name in (f"last.pt.tmp{os.getpid()}", ".last.pt.tmp", "last.pt.tmp"):  # every name an attacker could guess
         os.symlink(victim, out / name)
-    trainer.train(_cfg(stem, out, steps=1))
+    trainer.pretrain(_cfg(stem, out, steps=1))
     assert victim.read_text() == "mine"
 
 
@@ -198,17 +198,17 @@ def test_the_trainer_never_deletes_a_cache_folder_it_did_not_make(stem, tmp_path
     os.makedirs(mine + "_cache")
     (d / "synthetic_12_64_cache" / "notes.txt").write_text("my notes")
     with pytest.raises(DataError, match="is not a cache made by train.data.cache"):
-        trainer.train(_cfg(mine, tmp_path / "o"))
+        trainer.pretrain(_cfg(mine, tmp_path / "o"))
     assert (d / "synthetic_12_64_cache" / "notes.txt").read_text() == "my notes"
 
 
 def test_a_damaged_cache_of_ours_is_rebuilt(stem, tmp_path, capsys):
     d = tmp_path / "data"
     mine = write_dataset(str(d), tiles=12, size=64, seed=2, quiet=True, splits=(1.0, 0.0, 0.0))
-    trainer.train(_cfg(mine, tmp_path / "a", steps=1))
+    trainer.pretrain(_cfg(mine, tmp_path / "a", steps=1))
     with open(mine + "_cache/manifest.json", "w") as f:
         f.write("{damaged")
-    trainer.train(_cfg(mine, tmp_path / "b", steps=1))
+    trainer.pretrain(_cfg(mine, tmp_path / "b", steps=1))
     assert "rebuilding the cache" in capsys.readouterr().err
 
 
@@ -217,5 +217,5 @@ def test_a_half_made_demo_folder_of_someone_else_is_left_alone(tmp_path):
     root.mkdir()
     (root / "synthetic_2000_64_splits.json").write_text("{}")
     with pytest.raises(DataError, match="were not made by an interrupted demo run"):
-        trainer.train(TrainConfig(data_dir=str(root), out=str(tmp_path / "o"), steps=1, progress=False))
+        trainer.pretrain(TrainConfig(data_dir=str(root), out=str(tmp_path / "o"), steps=1, progress=False))
     assert (root / "synthetic_2000_64_splits.json").read_text() == "{}"

@@ -15,7 +15,7 @@ import torch
 
 from train.config import TrainConfig
 from train.data.synthetic import write_dataset
-from train.train import load_checkpoint, train
+from train.loop import load_checkpoint, pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def _torchrun(target, args, timeout, **env):
 
 
 def test_two_processes_equal_one_at_the_same_global_batch(stem, tmp_path):
-    one = train(TrainConfig(**(COMMON | {"data": stem, "out": str(tmp_path / "one"), "batch_size": 4})))
+    one = pretrain(TrainConfig(**(COMMON | {"data": stem, "out": str(tmp_path / "one"), "batch_size": 4})))
     proc = _torchrun(["-m", "train"], _args(stem, tmp_path / "two", batch_size=2), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = [json.loads(line) for line in open(tmp_path / "two" / "metrics.jsonl")]

@@ -12,14 +12,14 @@ from mmearth_kernels.models import MPMAE
 from train import probe as P
 from train.config import TrainConfig
 from train.data.synthetic import write_dataset
-from train.train import train
+from train.loop import pretrain
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe")
     stem = write_dataset(str(root), tiles=60, size=64, seed=3, quiet=True, splits=(0.6, 0.4, 0.0))
-    train(TrainConfig(data=stem, out=str(root / "run"), batch_size=4, steps=3, lr=1e-3, warmup_steps=1, png_every=0,
+    pretrain(TrainConfig(data=stem, out=str(root / "run"), batch_size=4, steps=3, lr=1e-3, warmup_steps=1, png_every=0,
                       progress=False, seed=1))
     return stem, str(root / "run" / "last.pt")
 

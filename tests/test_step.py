@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import train.step as step_mod
-import train.train as trainer
+import train.loop as trainer
 from mmearth_kernels.masking import num_kept
 from mmearth_kernels.host_sync import SyncRecorder, host_only, sync_point
 from mmearth_kernels.models import MPMAE
@@ -116,7 +116,7 @@ def _cfg(stem, out, **kw):
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_trainer_loop_syncs_only_at_logging_points(stem, tmp_path, device):
     with SyncRecorder() as rec:  # set-up, 7 steps, 3 logging/checkpoint points; on a GPU: workers, pinned copies
-        trainer.train(_cfg(stem, tmp_path, steps=7, device=device, workers=-1))
+        trainer.pretrain(_cfg(stem, tmp_path, steps=7, device=device, workers=-1))
     assert not rec.syncs, rec.report()
 
 
@@ -124,7 +124,7 @@ def test_the_loop_recorder_catches_a_planted_item(stem, tmp_path, monkeypatch):
     real = step_mod.global_mean
     monkeypatch.setattr(step_mod, "global_mean", lambda t: (t.sum().item(), real(t))[1])
     with SyncRecorder() as rec:
-        trainer.train(_cfg(stem, tmp_path, steps=2))
+        trainer.pretrain(_cfg(stem, tmp_path, steps=2))
     assert len(rec.syncs) == 2 and all("global_mean" in s.where or "<lambda>" in s.where for s in rec.syncs), \
         rec.report()
 
@@ -154,7 +154,7 @@ class _RecordingStep(TrainStep):
 def test_each_step_is_exactly_accum_micro_batches_across_epochs(stem, tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "TrainStep", _RecordingStep)
     _RecordingStep.log = []
-    trainer.train(_cfg(stem, tmp_path, steps=6))  # 12 micro-batches: 2 epochs and 2 of the third
+    trainer.pretrain(_cfg(stem, tmp_path, steps=6))  # 12 micro-batches: 2 epochs and 2 of the third
     steps = _RecordingStep.log
     assert len(steps) == 6 and all(len(s) == 2 for s in steps)
     # the micro-batches, in order, are the epochs' batches with none skipped or repeated
@@ -164,11 +164,11 @@ def test_each_step_is_exactly_accum_micro_batches_across_epochs(stem, tmp_path, 
 
 
 def test_resume_mid_epoch_with_accumulation_reproduces_the_run(stem, tmp_path):
-    full = trainer.train(_cfg(stem, tmp_path / "a", steps=6))["losses"]
-    first = trainer.train(_cfg(stem, tmp_path / "b", steps=6, stop_after=4))["losses"]  # stops at epoch 1, batch 3
+    full = trainer.pretrain(_cfg(stem, tmp_path / "a", steps=6))["losses"]
+    first = trainer.pretrain(_cfg(stem, tmp_path / "b", steps=6, stop_after=4))["losses"]  # stops at epoch 1, batch 3
     ck = trainer.load_checkpoint(str(tmp_path / "b" / "last.pt"))
     assert (ck["step"], ck["epoch"], ck["position"]) == (4, 1, 3)
-    rest = trainer.train(_cfg(stem, tmp_path / "b", steps=6, resume="auto"))["losses"]
+    rest = trainer.pretrain(_cfg(stem, tmp_path / "b", steps=6, resume="auto"))["losses"]
     assert first + rest == full  # bit-identical on CPU
 
 
@@ -233,7 +233,7 @@ def test_graphed_step_refuses_what_it_cannot_capture():
 
 
 def test_cuda_graphs_on_cpu_skip_with_a_message(stem, tmp_path, capsys):
-    res = trainer.train(_cfg(stem, tmp_path, steps=2, accum=1, cuda_graphs=True))
+    res = trainer.pretrain(_cfg(stem, tmp_path, steps=2, accum=1, cuda_graphs=True))
     assert res["step"] == 2
     assert "--cuda-graphs skipped: CUDA graphs need a CUDA device" in capsys.readouterr().err
 
@@ -277,7 +277,7 @@ def test_a_sync_in_the_step_gives_a_clear_capture_error(monkeypatch):
 
 
 def test_trainer_checkpoint_keeps_a_tensor_learning_rate(stem, tmp_path):
-    trainer.train(_cfg(stem, tmp_path, steps=3))
+    trainer.pretrain(_cfg(stem, tmp_path, steps=3))
     ck = trainer.load_checkpoint(os.path.join(tmp_path, "last.pt"))
     assert all(isinstance(g["lr"], torch.Tensor) for g in ck["optimizer"]["param_groups"])
 
@@ -286,8 +286,8 @@ def test_trainer_checkpoint_keeps_a_tensor_learning_rate(stem, tmp_path):
 @pytest.mark.cuda
 def test_cuda_graph_trainer_resumes_exactly(stem, tmp_path):
     kw = dict(device="cuda", cuda_graphs=True, precision="fp32")
-    full = trainer.train(_cfg(stem, tmp_path / "a", steps=8, **kw))["losses"]
-    first = trainer.train(_cfg(stem, tmp_path / "b", steps=8, stop_after=5, **kw))["losses"]
-    rest = trainer.train(_cfg(stem, tmp_path / "b", steps=8, resume="auto", **kw))["losses"]
+    full = trainer.pretrain(_cfg(stem, tmp_path / "a", steps=8, **kw))["losses"]
+    first = trainer.pretrain(_cfg(stem, tmp_path / "b", steps=8, stop_after=5, **kw))["losses"]
+    rest = trainer.pretrain(_cfg(stem, tmp_path / "b", steps=8, resume="auto", **kw))["losses"]
     assert len(first) == 5 and len(rest) == 3
     torch.testing.assert_close(torch.tensor(first + rest), torch.tensor(full), rtol=1e-4, atol=1e-5)  # atomics

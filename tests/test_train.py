@@ -9,7 +9,7 @@ import torch
 
 from train.config import TrainConfig, parse_config
 from train.data.synthetic import write_dataset
-from train.train import load_checkpoint, save_checkpoint, train
+from train.loop import load_checkpoint, pretrain, save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def _cfg(stem, out, **kw):
 
 
 def test_short_run_writes_metrics_checkpoint_and_pictures(stem, tmp_path):
-    res = train(_cfg(stem, tmp_path))
+    res = pretrain(_cfg(stem, tmp_path))
     assert res["step"] == 6 and all(map(lambda v: v == v, res["losses"]))
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [r["step"] for r in records] == [2, 4, 6]
@@ -37,9 +37,9 @@ def test_short_run_writes_metrics_checkpoint_and_pictures(stem, tmp_path):
 
 
 def test_resume_reproduces_the_uninterrupted_run(stem, tmp_path):
-    full = train(_cfg(stem, tmp_path / "a", steps=8))["losses"]
-    first = train(_cfg(stem, tmp_path / "b", steps=8, stop_after=3))["losses"]
-    rest = train(_cfg(stem, tmp_path / "b", steps=8, resume="auto"))["losses"]
+    full = pretrain(_cfg(stem, tmp_path / "a", steps=8))["losses"]
+    first = pretrain(_cfg(stem, tmp_path / "b", steps=8, stop_after=3))["losses"]
+    rest = pretrain(_cfg(stem, tmp_path / "b", steps=8, resume="auto"))["losses"]
     assert len(first) == 3 and len(rest) == 5
     assert first + rest == full  # bit-identical on CPU
 
@@ -65,10 +65,10 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(stem, tmp_path, mon
 
 def test_non_finite_loss_stops_with_a_clear_message(stem, tmp_path):
     cfg = _cfg(stem, tmp_path, lr=1e30, warmup_steps=0, steps=20, png_every=0)
-    from train.train import NonFiniteLoss
+    from train.loop import NonFiniteLoss
 
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step \d+ \(task\(s\): .+\); diagnostic checkpoint"):
-        train(cfg)
+        pretrain(cfg)
     assert any(n.startswith("nonfinite-step") for n in os.listdir(tmp_path))
 
 

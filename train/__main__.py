@@ -1,3 +1,3 @@
-from .train import main
+from .loop import main
 
 main()

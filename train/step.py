@@ -1,4 +1,4 @@
-"""One MP-MAE optimiser step, shared by the trainer (``train/train.py``) and the end-to-end benchmark
+"""One MP-MAE optimiser step, shared by the trainer (``train/loop.py``) and the end-to-end benchmark
 (``benchmarks/e2e``), so the benchmark times exactly what users run.
 
 :class:`TrainStep` runs ``accum`` micro-batches of forward, loss and backward, then gradient clipping,

@@ -131,7 +131,7 @@ def step_mask(model: MPMAE, cfg: TrainConfig, step: int, micro: int, rank: int, 
 
 
 # -- the loop -----------------------------------------------------------------------------------
-def train(cfg: TrainConfig) -> dict:
+def pretrain(cfg: TrainConfig) -> dict:
     validate(cfg)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is visible to torch")
@@ -298,7 +298,7 @@ def train(cfg: TrainConfig) -> dict:
 def main(argv=None) -> None:
     try:
         cfg = parse_config(argv)
-        result = train(cfg)
+        result = pretrain(cfg)
     except NonFiniteLoss as e:
         sys.exit(f"[train] stopped: {e}")
     except (ConfigError, CheckpointError, DataError, WriteError) as e:  # the user's to fix: no traceback
