@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from .host_sync import host_only
+
 
 @dataclass(frozen=True)
 class Task:
@@ -58,3 +62,44 @@ def resolve_tasks(tasks) -> tuple[str, ...]:
         raise ValueError(f"unknown task(s) {unknown or list(tasks)}; use a set ({', '.join(TASK_SETS)}) or task names "
                          f"({', '.join(TASK_ORDER)})")
     return tuple(t for t in TASK_ORDER if t in tasks)
+
+
+def target_shape(task: str, batch: int, img: int, one_hot: bool = False) -> list[int]:
+    """What a task's target looks like (as ``train.data`` returns it): pixel regression ``[B, C, img, img]``,
+    DW/ESA ``[B, img, img]`` class indices, image regression ``[B, C]``, biome/ecoregion ``[B]`` class
+    indices (or the file's one-hot rows ``[B, K]``)."""
+    t = TASKS[task]
+    if t.level == "pixel":
+        return [batch, img, img] if t.classes else [batch, t.outputs, img, img]
+    return [batch, t.outputs] if one_hot or not t.classes else [batch]
+
+
+def check_targets(tasks, targets, batch: int, img: int, device) -> None:
+    """Every task's target is there with its shape and dtype, naming the task; class ranges on CPU (on a GPU
+    that would be a host sync)."""
+    if not isinstance(targets, dict):
+        raise TypeError(f"targets must be a dict task -> tensor, got {type(targets).__name__}")
+    missing = [t for t in tasks if t not in targets]
+    if missing:
+        raise ValueError(f"targets lack task(s) {missing}")
+    for name in tasks:
+        v, t = targets[name], TASKS[name]
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"target {name!r} must be a torch.Tensor, got {type(v).__name__}")
+        if v.device != device:
+            raise ValueError(f"target {name!r} is on {v.device} but x is on {device}")
+        want = target_shape(name, batch, img, one_hot=t.classes and t.level == "image" and v.dim() == 2)
+        if list(v.shape) != want:
+            raise ValueError(f"target {name!r} must be {want} for this model (batch {batch}, {img} px), "
+                             f"got {list(v.shape)}")
+        if t.classes and (v.dtype.is_floating_point or v.dtype.is_complex):
+            raise TypeError(f"target {name!r} must hold integer class indices (-1 = no data), got {v.dtype}")
+        if not t.classes and not v.dtype.is_floating_point:
+            raise TypeError(f"target {name!r} must be floating point (NaN = no data), got {v.dtype}")
+        one_hot = t.level == "image" and v.dim() == 2
+        if t.classes and not one_hot and device.type == "cpu" and v.numel() and not torch.compiler.is_compiling():
+            with host_only("class-range check: CPU targets only"):
+                lo, hi = int(v.min()), int(v.max())
+            if lo < -1 or hi >= t.outputs:
+                raise ValueError(f"target {name!r} holds class {lo if lo < -1 else hi}; classes are 0..{t.outputs - 1} "
+                                 f"and -1 (no data)")

@@ -13,12 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..host_sync import host_only
 from ..masking import check_mask, num_kept, random_patch_mask
 from . import losses as loss_fns
 from .backends import Plain
 from ..tasks import (CLASS_TASKS, IMAGE_TASKS, PIXEL_CLASS_TASKS, PIXEL_TASKS, TASK_ORDER,  # noqa: F401 (re-exported)
-                     TASK_SETS, resolve_tasks)
+                     TASK_SETS, check_targets, resolve_tasks)
 from .convnextv2 import LN_EPS, Block, ConvNeXtV2Encoder
 
 class MPMAE(nn.Module):
@@ -124,15 +123,10 @@ class MPMAE(nn.Module):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         B = x.shape[0]
-        if not isinstance(targets, dict):
-            raise TypeError(f"targets must be a dict task -> tensor, got {type(targets).__name__}")
-        missing = [t for t in self.tasks if t not in targets]
-        if missing:
-            raise ValueError(f"targets lack task(s) {missing}")
         if mask is None:
             mask, kept = self.random_mask(B, device=x.device)
         mask = check_mask(mask, B, self.grid, kept)  # once: the decoder and heads use it too
-        self._check_targets(targets, B, x.device)
+        check_targets(self.tasks, targets, B, self.encoder.img_size, x.device)
         feats = self.decode(x, mask, kept)
         p = self.patch_size
         parts = {}
@@ -172,37 +166,6 @@ class MPMAE(nn.Module):
         else:
             loss = stacked.sum()
         return {"loss": loss, "losses": losses, "mask": mask}
-
-    def _check_targets(self, targets: dict, B: int, device) -> None:
-        """Shapes and dtypes of every task's target, naming the task; class ranges on CPU (a host sync on a GPU)."""
-        img = self.encoder.img_size
-        for t in self.tasks:
-            v = targets[t]
-            if not isinstance(v, torch.Tensor):
-                raise TypeError(f"target {t!r} must be a torch.Tensor, got {type(v).__name__}")
-            if v.device != device:
-                raise ValueError(f"target {t!r} is on {v.device} but x is on {device}")
-            if t in PIXEL_CLASS_TASKS:
-                want, classes, integer = [B, img, img], PIXEL_TASKS[t], True
-            elif t in PIXEL_TASKS:
-                want, classes, integer = [B, PIXEL_TASKS[t], img, img], None, False
-            elif t in CLASS_TASKS:
-                want, classes, integer = ([B, IMAGE_TASKS[t]] if v.dim() == 2 else [B]), IMAGE_TASKS[t], True
-            else:
-                want, classes, integer = [B, IMAGE_TASKS[t]], None, False
-            if list(v.shape) != want:
-                raise ValueError(f"target {t!r} must be {want} for this model (batch {B}, {img} px), "
-                                 f"got {list(v.shape)}")
-            if integer and (v.dtype.is_floating_point or v.dtype.is_complex):
-                raise TypeError(f"target {t!r} must hold integer class indices (-1 = no data), got {v.dtype}")
-            if not integer and not v.dtype.is_floating_point:
-                raise TypeError(f"target {t!r} must be floating point (NaN = no data), got {v.dtype}")
-            if integer and v.dim() != 2 and device.type == "cpu" and v.numel() and not torch.compiler.is_compiling():
-                with host_only("class-range check: CPU targets only"):
-                    lo, hi = int(v.min()), int(v.max())
-                if lo < -1 or hi >= classes:
-                    raise ValueError(f"target {t!r} holds class {lo if lo < -1 else hi}; classes are 0..{classes - 1} "
-                                     f"and -1 (no data)")
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, mask: torch.Tensor, kept: int | None = None) -> dict[str, torch.Tensor]:
