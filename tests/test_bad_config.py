@@ -17,6 +17,11 @@ from train.data.synthetic import write_dataset
 from train.files import WriteError
 
 BAD_OPTIONS = {
+    "--stem patch": (["--stem", "patch"], "--stem must be one of mmearth, original"),
+    "--init-from without a kind": (["--init-from", "weights.pth"], "--init-from must be timm:FILE or mmearth:FILE"),
+    "--init-from a missing file": (["--init-from", "timm:/nonexistent/model.safetensors"],
+                                   "--init-from: no file at /nonexistent/model.safetensors .*never downloaded"),
+    "--init-from timm with the mmearth stem": (["--init-from", f"timm:{__file__}"], "add --stem original"),
     "--batch-size 0": (["--batch-size", "0"], "--batch-size must be a positive int, got 0"),
     "--batch-size -4": (["--batch-size", "-4"], "--batch-size must be a positive int"),
     "--accum 0": (["--accum", "0"], "--accum must be a positive int"),
@@ -143,7 +148,9 @@ def _write(path, data: bytes):
      "is a model export or a released checkpoint"),
     ("weights only", lambda p, ck: (torch.save({"model": {}}, p / "w.pt"), p / "w.pt")[1], "lacks optimizer"),
     ("upstream-style args", lambda p, ck: (torch.save({"model": {}, "args": argparse.Namespace(a=1)}, p / "u.pt"),
-                                           p / "u.pt")[1], "safe loading refuses"),
+                                           p / "u.pt")[1], "released MMEarth/FCMAE checkpoint .* --init-from mmearth:"),
+    ("args with another global", lambda p, ck: (torch.save({"model": {}, "args": argparse.Namespace(
+        d=__import__("datetime").date(2024, 1, 1))}, p / "g.pt"), p / "g.pt")[1], "safe loading refuses.*datetime"),
 ])
 def test_resume_refuses_foreign_and_damaged_files(stem, run, tmp_path, kind, make, match):
     path = make(tmp_path, (run / "last.pt").read_bytes())

@@ -99,7 +99,8 @@ def test_the_checker_finds_a_planted_cycle():
 
 
 @pytest.mark.parametrize("lower, upper", [("mmearth_kernels", "train"),
-                                          ("mmearth_kernels.ops", "mmearth_kernels.models")])
+                                          ("mmearth_kernels.ops", "mmearth_kernels.models"),
+                                          ("mmearth_kernels.interop", "mmearth_kernels.models")])
 def test_lower_layers_never_import_upper_ones(lower, upper):
     bad = [(m, v) for m, deps in _graph().items() if m.startswith(lower) and not m.startswith(upper)
            for v in deps if v.startswith(upper)]

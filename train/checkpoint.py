@@ -16,11 +16,14 @@ import zipfile
 
 import torch
 
+from mmearth_kernels.interop.files import ALLOWED_GLOBALS
+
 from .config import TrainConfig
 from .files import write_atomically
 
 # Options that define the weights' shapes: a checkpoint cannot be loaded into a model built otherwise.
-MODEL_OPTIONS = ("model", "patch_size", "crop", "tasks", "decoder", "decoder_dim")
+MODEL_OPTIONS = ("model", "patch_size", "crop", "tasks", "decoder", "decoder_dim", "stem")
+_BEFORE_OPTION = {"stem": "mmearth"}  # what checkpoints written before an option existed were trained with
 # Options that define the data order, masks and step size: resuming with others is not the same run.
 RUN_OPTIONS = ("batch_size", "accum", "seed")
 
@@ -44,7 +47,8 @@ def load_checkpoint(path: str) -> dict:
     if not zipfile.is_zipfile(path):  # every torch.save since 1.6 writes a zip archive
         raise CheckpointError(unreadable)
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):  # upstream's `args`: its own message below
+            ck = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         lines = str(e).splitlines()
         why = next((line.strip() for line in lines if "Unsupported global" in line or "GLOBAL" in line),
@@ -67,12 +71,17 @@ def check_resumable(ck: dict, cfg: TrainConfig, world: int, path: str) -> None:
     """That ``ck`` is one of this trainer's checkpoints and this run can continue it exactly."""
     missing = [k for k in ("model", "optimizer", "config", "step", "epoch", "position", "rng_cpu") if k not in ck]
     if missing:
+        if "args" in ck and "model" in ck:  # upstream's save_model
+            raise CheckpointError(f"--resume: {path} is a released MMEarth/FCMAE checkpoint (upstream's save_model), "
+                                  f"not one of this trainer's; start a new run from its encoder with "
+                                  f"--init-from mmearth:{path}")
         kind = ("a model export or a released checkpoint (weights without optimiser state)" if "model" in ck
                 or any(k.startswith(("encoder.", "stem.", "stages.")) for k in ck) else "not a training checkpoint")
         raise CheckpointError(f"--resume: {path} is {kind}: it lacks {', '.join(missing)}, so a run cannot continue "
                               f"from it; start a new run (--out elsewhere) instead")
     old = ck["config"] if isinstance(ck["config"], dict) else {}
-    shape = [(k, old.get(k), getattr(cfg, k)) for k in MODEL_OPTIONS if old.get(k) != getattr(cfg, k)]
+    shape = [(k, old.get(k, _BEFORE_OPTION.get(k)), getattr(cfg, k)) for k in MODEL_OPTIONS
+             if old.get(k, _BEFORE_OPTION.get(k)) != getattr(cfg, k)]
     if shape:
         raise CheckpointError(f"--resume: {path} was trained with " + ", ".join(f"--{k.replace('_', '-')} {o!r}"
                               for k, o, _ in shape) + "; this run has " + ", ".join(
@@ -117,3 +126,21 @@ def trim_metrics(path: str, step: int) -> int:
     if dropped:
         write_atomically(path, lambda f: f.writelines(kept))
     return dropped
+
+
+def init_encoder(encoder, spec: str) -> list[str]:
+    """``--init-from timm:FILE`` or ``mmearth:FILE``: the encoder's weights from a local file (read safely:
+    :func:`mmearth_kernels.interop.load_file`). Returns lines for the log saying what was loaded and adapted."""
+    from mmearth_kernels.interop import load_sparse_checkpoint, load_timm
+
+    kind, _, path = spec.partition(":")
+    path = os.path.expanduser(path)
+    try:
+        if kind == "timm":
+            report = load_timm(encoder, path)
+            return [f"encoder from timm weights {path}"] + report["adapted"] + \
+                [f"not used: {', '.join(report['unused'])}"] * bool(report["unused"])
+        unused = load_sparse_checkpoint(encoder, path)
+        return [f"encoder from the released checkpoint {path} ({len(unused)} decoder/head tensors not used)"]
+    except (ValueError, TypeError, OSError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"--init-from {spec}: {e}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 
@@ -38,7 +39,13 @@ class TrainConfig:
     decoder_dim: int = _f(512, "decoder width (512 as released)")
     mask_ratio: float = _f(0.6, "FCMAE mask ratio (keeps int(49 * (1 - ratio)) patches)")
     loss_weighting: str = _f("uncertainty", "uncertainty (sum exp(-s) L + s) or unweighted")
+    stem: str = _f("mmearth", "encoder stem: mmearth (3x3 conv at full resolution, LN, GELU, depthwise, LN; as "
+                              "released) or original (FCMAE's patchify conv: the stem timm's ConvNeXt V2 has)")
     init: str = _f("mmearth", "weight init: mmearth (as released, std-1.0 quirk) or standard (std 0.02)")
+    init_from: str = _f("", "start the encoder from local weights (a new run only; --resume restores its own): "
+                            "timm:FILE, a timm ConvNeXt V2 state dict (.safetensors or .pth, e.g. the hub's "
+                            "model.safetensors; needs --stem original; the stem is adapted to 12 bands and the patch), "
+                            "or mmearth:FILE, a released MMEarth/FCMAE sparse checkpoint (checkpoint-199.pth)")
     # optimisation
     batch_size: int = _f(16, "samples per step per process (before accumulation)")
     accum: int = _f(1, "gradient accumulation steps per optimiser step")
@@ -112,7 +119,7 @@ def _opt(name: str) -> str:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Every option checked before anything runs; raises ConfigError naming the first bad one."""
-    from mmearth_kernels.models.convnextv2 import BACKENDS, GRN_STATS, SIZES
+    from mmearth_kernels.models.convnextv2 import BACKENDS, GRN_STATS, SIZES, STEMS
     from mmearth_kernels.tasks import resolve_tasks
     from mmearth_kernels.ops import IMPLS
 
@@ -146,6 +153,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.decoder in ("shared", "per_task"), "decoder", "shared or per_task")
     need(cfg.loss_weighting in ("uncertainty", "unweighted"), "loss_weighting", "uncertainty or unweighted")
     need(cfg.init in ("mmearth", "standard"), "init", "mmearth or standard")
+    need(cfg.stem in STEMS, "stem", f"one of {', '.join(STEMS)}")
+    if cfg.init_from:
+        kind, _, path = cfg.init_from.partition(":")
+        need(kind in ("timm", "mmearth") and bool(path), "init_from",
+             "timm:FILE or mmearth:FILE (local weights; nothing is downloaded)")
+        if not os.path.isfile(os.path.expanduser(path)):
+            raise ConfigError(f"--init-from: no file at {path} (weights are read from a local file, never downloaded: "
+                              f"e.g. `huggingface-cli download timm/convnextv2_atto.fcmae_ft_in1k model.safetensors`)")
+        if kind == "timm" and cfg.stem != "original":
+            raise ConfigError("--init-from timm:...: timm's ConvNeXt V2 has the original (patchify) stem; add "
+                              "--stem original")
     need(cfg.device in ("auto", "cpu", "cuda"), "device", "auto, cpu or cuda")
     if cfg.precision == "fp16":
         raise ConfigError("--precision fp16 is not supported (it would need loss scaling): use bf16, which needs none, "

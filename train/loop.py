@@ -38,7 +38,8 @@ from mmearth_kernels.models import MPMAE
 from mmearth_kernels.tasks import resolve_tasks
 
 from .batches import DeviceBatches, MicroBatches, default_workers
-from .checkpoint import CheckpointError, check_resumable, load_checkpoint, load_state, save_checkpoint, trim_metrics
+from .checkpoint import (CheckpointError, check_resumable, init_encoder, load_checkpoint, load_state, save_checkpoint,
+                         trim_metrics)
 from .config import ConfigError, TrainConfig, parse_config, validate
 from .files import WriteError, remove_stale_temps
 from .data import MMEarthDataset
@@ -156,7 +157,11 @@ def pretrain(cfg: TrainConfig) -> dict:
     with host_only("the model is built and initialised on the host, then moved"):
         model = MPMAE(cfg.model, img_size=cfg.crop, patch_size=cfg.patch_size, tasks=tasks, decoder=cfg.decoder,
                       decoder_dim=cfg.decoder_dim, mask_ratio=cfg.mask_ratio, loss_weighting=cfg.loss_weighting,
-                      backend=cfg.backend, grn_stats=cfg.grn_stats, impl=cfg.impl, init=cfg.init)
+                      backend=cfg.backend, grn_stats=cfg.grn_stats, impl=cfg.impl, init=cfg.init, stem=cfg.stem)
+        if cfg.init_from and not cfg.resume:  # a resumed run restores its own weights
+            for line in init_encoder(model.encoder, cfg.init_from):
+                if is_main:
+                    print(f"[train] --init-from: {line}", file=sys.stderr)
     with sync_point("set-up: the model moves to the device once"):
         model = model.to(device)
     if cfg.channels_last:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from mmearth_kernels.models.convnextv2 import ConvNeXtV2Encoder
-from mmearth_kernels.models.interop import export_dense
+from mmearth_kernels.interop import export_dense, save_file
 from mmearth_kernels.models.mpmae import MPMAE
 from mmearth_kernels.tasks import PIXEL_TASKS, resolve_tasks
 
@@ -65,13 +65,14 @@ def encoder_from_checkpoint(path: str, img_size: int, random_init: bool = False)
     run that wrote the checkpoint started (its init mode and seed), not its trained weights."""
     ck = _load_trainer_checkpoint(path)
     cfg = ck["config"]
-    enc = ConvNeXtV2Encoder(cfg["model"], img_size=img_size, patch_size=cfg["patch_size"], backend="dense")
+    stem = cfg.get("stem", "mmearth")  # checkpoints before --stem: the MMEarth stem
+    enc = ConvNeXtV2Encoder(cfg["model"], img_size=img_size, patch_size=cfg["patch_size"], stem=stem, backend="dense")
     if random_init:
         torch.manual_seed(cfg["seed"])  # rank 0's seed: the weights the run started from
         tasks = cfg["tasks"]
         start = MPMAE(cfg["model"], img_size=cfg["crop"], patch_size=cfg["patch_size"], decoder=cfg["decoder"],
                       decoder_dim=cfg.get("decoder_dim", 512),  # checkpoints before --decoder-dim: 512
-                      tasks=resolve_tasks(tasks), init=cfg["init"], backend="dense")
+                      tasks=resolve_tasks(tasks), init=cfg["init"], backend="dense", stem=stem)
         state = {k[len("encoder."):]: v for k, v in start.state_dict().items() if k.startswith("encoder.")}
     else:
         state = {k[len("encoder."):]: v for k, v in ck["model"].items() if k.startswith("encoder.")}
@@ -80,17 +81,20 @@ def encoder_from_checkpoint(path: str, img_size: int, random_init: bool = False)
 
 
 def export_encoder(checkpoint: str, out: str, layout: str = "mmearth") -> dict:
-    """Write the trained encoder as a dense ConvNeXt V2 ``state_dict`` (``{"model": ..., "meta": ...}``)."""
+    """Write the trained encoder as a dense ConvNeXt V2 ``state_dict``: a bare state dict with the metadata in
+    the header when ``out`` ends in ``.safetensors`` (timm: ``model.load_state_dict(load_file(out))``), else
+    ``{"model": ..., "meta": ...}`` with torch.save. Never over an existing file."""
     ck = _load_trainer_checkpoint(checkpoint)
     cfg = ck["config"]
     enc = encoder_from_checkpoint(checkpoint, cfg["crop"])
     meta = {"size": cfg["model"], "patch_size": cfg["patch_size"], "in_chans": enc.in_chans, "layout": layout,
-            "step": ck.get("step"), "source": os.path.abspath(checkpoint)}
+            "stem": enc.stem.kind, "step": ck.get("step"), "source": os.path.abspath(checkpoint)}
+    if layout == "timm":
+        meta["timm"] = (f"timm.create_model('convnextv2_{cfg['model']}', num_classes=0, "
+                        f"patch_size={cfg['patch_size'] // 8}, in_chans={enc.in_chans})")
     if os.path.exists(out):
         raise FileExistsError(f"--export: {out} exists; not overwriting it")
-    tmp = out + ".tmp"
-    torch.save({"model": export_dense(enc, layout), "meta": meta}, tmp)
-    os.replace(tmp, out)
+    save_file(export_dense(enc, layout), out, {k: str(v) for k, v in meta.items()})
     return meta
 
 
@@ -263,7 +267,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.export:
         meta = export_encoder(args.checkpoint, args.export, args.layout)
-        print(f"[probe] wrote {args.export}: ConvNeXt V2 {meta['size']} encoder, {args.layout} layout", file=sys.stderr)
+        print(f"[probe] wrote {args.export}: ConvNeXt V2 {meta['size']} encoder, {args.layout} layout"
+              + (f"; load it into {meta['timm']}" if "timm" in meta else ""), file=sys.stderr)
         return
     if not args.data:
         ap.error("--data is required (or --export)")

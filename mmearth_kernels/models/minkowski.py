@@ -1,7 +1,7 @@
 """The ``minkowski`` encoder backend: the upstream engine, on this encoder's own parameters.
 
 MinkowskiEngine (ME) is optional and imported only here. ME layers are called through
-``torch.func.functional_call`` with our weights mapped to ME's layouts (:mod:`.interop`), so
+``torch.func.functional_call`` with our weights mapped to ME's layouts (:mod:`..interop.me_layout`), so
 gradients land on the shared parameters and the backend can be switched at runtime like the others.
 The depthwise 7x7 uses the ConvNeXt-V2 fork's ``MinkowskiDepthwiseConvolution`` when it exists and the
 tensors are on CUDA, and stock ``MinkowskiChannelwiseConvolution`` otherwise (same kernel layout; a
@@ -16,7 +16,7 @@ import functools
 import torch
 
 from .. import layout as packed
-from .interop import conv_to_me, depthwise_to_me
+from ..interop.me_layout import conv_to_me, depthwise_to_me
 
 INSTALL_HINT = ("install it with `bash scripts/build_minkowski.sh` (builds MinkowskiEngine 0.5.4 for the torch in "
                 "this environment; PyPI's sdist does not build as is on current Python/torch)")
