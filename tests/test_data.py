@@ -11,7 +11,7 @@ import torch
 
 from train.data import DataError, MMEarthDataset, normalize_batch
 from train.data.cache import build_cache
-from train.data.modalities import ESA_CODES, MODALITIES, S2_BANDS
+from train.data.modalities import ESA_CODES, MODALITIES, S2_BANDS, S2_QUALITY
 from train.data.synthetic import write_dataset
 
 from _data_files import copy_dataset
@@ -55,6 +55,42 @@ def test_files_have_upstream_layout(stem):
     assert len(s["sentinel2_l1c"]["mean"]) == 13 and len(s["sentinel1"]["std"]) == 8
     types = {_tile_type(stem, r) for r in range(TILES)}
     assert types == {"l1c", "l2a"}
+
+
+def test_quality_layers_and_b10_as_in_the_real_files(stem):
+    """The S2 quality layers the real files carry (torchgeo reads them by default), no-data on L1C tiles for the
+    L2A-only ones; B10 of L2A tiles is 0 (L2A has no B10)."""
+    l2a = np.array([_tile_type(stem, r) == "l2a" for r in range(TILES)])
+    with h5py.File(stem + ".h5") as f:
+        for name, m in S2_QUALITY.items():
+            assert f[name].dtype == m.dtype and f[name].shape == (TILES, 1, SIZE, SIZE), name
+        b10 = f["sentinel2"][:, 10]
+        prob, scl, qa = f["sentinel2_cloudprod"][:], f["sentinel2_scl"][:], f["sentinel2_cloudmask"][:]
+    assert (b10[l2a] == 0).all() and (b10[~l2a] > 0).any(axis=(1, 2)).all()  # L1C: zero only in no-data stripes
+    assert (prob[~l2a] == 65535).all() and (scl[~l2a] == 255).all()
+    assert (prob[l2a] <= 100).all() and set(np.unique(scl[l2a])) <= {4, 5, 6, 9, 11}
+    assert set(np.unique(qa)) <= {0, 1024}
+    assert len(_stats(stem)["sentinel2_cloudmask"]["mean"]) == 1
+
+
+def test_multi_hot_biome_rows_are_refused(stem, tmp_path):
+    d = _copy(stem, tmp_path)
+
+    def two_biomes(f):
+        row = f["biome"][2]
+        row[(np.argmax(row) + 1) % len(row)] = 1
+        f["biome"][2] = row
+
+    _edit_h5(d + ".h5", two_biomes)
+    ds = MMEarthDataset(d, split="train")
+    pos = list(ds.rows).index(2) if 2 in ds.rows else None
+    rows = list(range(len(ds)))
+    if pos is None:
+        ds = MMEarthDataset(d, split="val" if 2 in MMEarthDataset(d, split="val").rows else "test")
+        rows, pos = list(range(len(ds))), list(ds.rows).index(2)
+    with pytest.raises(DataError, match=r"modality 'biome', row 2: a one-hot row with 2 non-zero entries"):
+        ds.read_batch(rows)
+    assert ds.read_batch([i for i in rows if i != pos])["biome"].shape[0] == len(rows) - 1
 
 
 def test_every_modality_decodes(stem):
@@ -215,6 +251,9 @@ BAD_H5 = {
     "wrong dtype": (_recreate("aster", np.zeros((TILES, 2, SIZE, SIZE), np.float32)),
                     "'aster' must be stored as int16"),
     "wrong rows": (_recreate("era5", np.zeros((TILES - 1, 12), np.float32)), "modality 'era5' has 39 rows"),
+    "month as float64": (_recreate("month", np.zeros((TILES, 2), np.float64)),
+                         "'month' must be stored as float32 or int32 or int64"),
+    "metadata without a string id": (_recreate("metadata", np.zeros(TILES, [("n", "i4")])), "byte string"),
 }
 
 

@@ -35,6 +35,10 @@ class Modality:
     kind: str            # "continuous" (z-scored), "classes" (per-pixel labels), "onehot" (-> class index)
     no_data: tuple       # stored values meaning "no data" (besides NaN/inf for floats)
     stats_key: str | None = None  # key in <stem>_band_stats.json (S2: picked per tile, l1c/l2a)
+    also_accepted: tuple = ()     # other stored dtypes read as this modality (cast to float32 when normalised)
+
+    def accepts(self, dtype) -> bool:
+        return dtype == self.dtype or dtype in self.also_accepted
 
 
 # ASTER is int16 and canopy height int8, so upstream's -inf / 255 cannot be stored there; we use
@@ -49,14 +53,33 @@ MODALITIES: dict[str, Modality] = {m.name: m for m in [
     Modality("era5", "image", 12, np.dtype("float32"), "continuous", (), "era5"),
     Modality("lat", "image", 2, np.dtype("float32"), "continuous", (), "lat"),
     Modality("lon", "image", 2, np.dtype("float32"), "continuous", (), "lon"),
-    Modality("month", "image", 2, np.dtype("float32"), "continuous", (), "month"),
+    # torchgeo's MMEarth test files store month as int32 (real files: float32): accepted and cast, as it reads them
+    Modality("month", "image", 2, np.dtype("float32"), "continuous", (), "month",
+             (np.dtype("int32"), np.dtype("int64"))),
     Modality("biome", "image", BIOMES, np.dtype("uint8"), "onehot", (255,)),
     Modality("eco_region", "image", ECOREGIONS, np.dtype("uint16"), "onehot", (65535,)),
 ]}
 
+# Sentinel-2 quality layers the real files carry but training does not use (torchgeo's MMEarth reads them by
+# default): QA60 cloud bits, MSK_CLDPRB cloud probability and the scene classification, 1 channel each; the
+# last two exist for L2A only, so L1C tiles hold the no-data value.
+S2_QUALITY: dict[str, Modality] = {m.name: m for m in [
+    Modality("sentinel2_cloudmask", "pixel", 1, np.dtype("uint16"), "mask", (65535,)),
+    Modality("sentinel2_cloudprod", "pixel", 1, np.dtype("uint16"), "mask", (65535,)),
+    Modality("sentinel2_scl", "pixel", 1, np.dtype("uint8"), "mask", (255,)),
+]}
+
 PIXEL_TASKS = tuple(n for n, m in MODALITIES.items() if m.level == "pixel")
 IMAGE_TASKS = tuple(n for n, m in MODALITIES.items() if m.level == "image")
-METADATA_DTYPE = np.dtype([("tile_id", "S100"), ("S2_type", "S10")])
+METADATA_DTYPE = np.dtype([("tile_id", "S100"), ("S2_type", "S10")])  # as the real files; torchgeo's test files
+# name the first field meta_id. Upstream and torchgeo read the tile id as the row's first field: so do we when
+# there is no field called tile_id (tile_id_field).
+
+
+def tile_id_field(dtype: np.dtype) -> str | None:
+    """The metadata field holding the tile id: ``tile_id`` when present, else the first field."""
+    names = dtype.names or ()
+    return "tile_id" if "tile_id" in names else (names[0] if names else None)
 
 
 def used_channels(name: str) -> tuple[int, ...]:

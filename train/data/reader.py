@@ -177,6 +177,24 @@ class MMEarthDataset(torch.utils.data.Dataset):
         pick = inverse[back]
         return {k: v[pick] for k, v in raw.items()}, l2a[pick]
 
+    def _check_one_hot(self, raw: dict[str, np.ndarray], rows: np.ndarray) -> None:
+        """Biome / ecoregion rows hold one 1 (or none: unlabelled; or the no-data value). Several would be taken
+        as the first silently, so they are refused (on the host, before any copy: no device sync)."""
+        for name in self.names:
+            m = MODALITIES[name]
+            if m.kind != "onehot":
+                continue
+            a = raw[name]
+            labelled = ~(a == m.no_data[0]).any(axis=1)
+            ones = (a != 0).sum(axis=1)
+            bad = np.flatnonzero(labelled & ((ones > 1) | (a.max(axis=1, initial=0) > 1)))
+            if bad.size:
+                r = int(rows[bad[0]])
+                raise DataError(f"{self.path}: modality {name!r}, row {r}: a one-hot row with "
+                                f"{int(ones[bad[0]])} non-zero entries (classes "
+                                f"{np.flatnonzero(a[bad[0]])[:6].tolist()}); expected exactly one 1, all zeros "
+                                f"(unlabelled) or the no-data value {m.no_data[0]}")
+
     def _crop(self, raw: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         if self.crop is None or self.crop == self.size:
             return raw
@@ -194,6 +212,7 @@ class MMEarthDataset(torch.utils.data.Dataset):
         The trainer reads this way; what the model gets is never cut into samples and stacked again."""
         rows = self.rows[np.asarray(idxs, dtype=np.int64)]
         raw, l2a = self.read_raw(rows)
+        self._check_one_hot(raw, rows)
         raw = self._crop(raw, rows)
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in raw.items()}
         l2a_t = torch.from_numpy(l2a)

@@ -13,7 +13,7 @@ from typing import Protocol
 import h5py
 import numpy as np
 
-from .modalities import MODALITIES, DataError, used_channels
+from .modalities import MODALITIES, DataError, tile_id_field, used_channels
 
 
 class Source(Protocol):
@@ -66,9 +66,11 @@ class H5Source:
                     raise DataError(f"{self.path}: {name!r} is an HDF5 {type(d).__name__}, not a dataset (modality "
                                     f"{name})")
                 if name == "metadata":
-                    if d.shape != (n,) or "tile_id" not in (d.dtype.names or ()):
-                        raise DataError(f"{self.path}: metadata must be ({n},) records with a tile_id, got "
-                                        f"{d.shape} {d.dtype}")
+                    field = tile_id_field(d.dtype)
+                    if d.shape != (n,) or field is None or d.dtype[field].kind != "S":
+                        raise DataError(f"{self.path}: metadata must be ({n},) records whose tile_id (or first) field "
+                                        f"is a byte string, got {d.shape} {d.dtype}")
+                    self.id_field = field
                     continue
                 m = MODALITIES[name]
                 ndim = 4 if m.level == "pixel" else 2
@@ -76,8 +78,9 @@ class H5Source:
                     want = "(N, C, H, H)" if ndim == 4 else "(N, C)"
                     raise DataError(f"{self.path}: modality {name!r} must have shape {want} with C = {m.channels}, "
                                     f"got {d.shape}")
-                if d.dtype != m.dtype:
-                    raise DataError(f"{self.path}: modality {name!r} must be stored as {m.dtype}, got {d.dtype}")
+                if not m.accepts(d.dtype):
+                    also = "".join(f" or {t}" for t in m.also_accepted)
+                    raise DataError(f"{self.path}: modality {name!r} must be stored as {m.dtype}{also}, got {d.dtype}")
                 if n is None:
                     n = d.shape[0]
                 elif d.shape[0] != n:
@@ -109,18 +112,18 @@ class H5Source:
         return a if len(ch) == a.shape[1] else a[:, list(ch)]
 
     def l2a(self, rows: np.ndarray) -> np.ndarray:
-        meta = self._file()["metadata"]
         try:
-            ids = meta["tile_id"][rows.tolist()] if "S2_type" not in meta.dtype.names else meta[rows.tolist()]
+            ids = self._file()["metadata"][self.id_field][rows.tolist()]
         except OSError as e:
             raise DataError(f"{self.path}: read failed for metadata rows {rows[:4].tolist()}... (truncated file?): "
                             f"{e}") from e
         return self._l2a_flags(ids)
 
-    def _l2a_flags(self, meta) -> np.ndarray:
-        flags = np.empty(len(meta), dtype=bool)
-        for i, rec in enumerate(meta):
-            tile = (rec["tile_id"] if meta.dtype.names else rec).decode()
+    def _l2a_flags(self, ids) -> np.ndarray:
+        """S2_type per row from the tile-info JSON (the training code's source; the metadata copy is ignored)."""
+        flags = np.empty(len(ids), dtype=bool)
+        for i, raw in enumerate(ids):
+            tile = raw.decode()
             info = self.tile_info.get(tile)
             if not isinstance(info, dict) or "S2_type" not in info:
                 raise DataError(f"{self.tile_info_path}: no S2_type for tile {tile!r} (modality sentinel2)")

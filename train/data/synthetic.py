@@ -8,7 +8,9 @@ cover (Dynamic World and ESA WorldCover agree), the S2 reflectances mix per-clas
 vegetation index, S1 backscatter follows vegetation and water, ASTER is the elevation and its
 slope, canopy height follows the tree cover; latitude, month and moisture drive ERA5, biome and
 ecoregion. Realistic no-data: HH/HV missing on most tiles, the descending orbit on some, a few
-NaN ERA5 rows, a few S2 and canopy no-data pixels. About half of the tiles are L1C, half L2A.
+NaN ERA5 rows, a few S2 and canopy no-data pixels, a small cloud on a few tiles (in S2 and in the QA60,
+cloud-probability and scene-classification layers the real files carry). About half of the tiles are L1C,
+half L2A (B10 zero, as the real L2A tiles, which have no B10).
 Nothing is overwritten: an existing output needs --overwrite, and files are written to a
 temporary name and renamed when complete.
 """
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..files import remove_stale_temps, write_atomically
-from .modalities import BIOMES, ECOREGIONS, ESA_CODES, METADATA_DTYPE, MODALITIES
+from .modalities import BIOMES, ECOREGIONS, ESA_CODES, METADATA_DTYPE, MODALITIES, S2_QUALITY
 
 INCOMPLETE = ".synthetic-incomplete"  # marker beside an unfinished directory
 
@@ -96,8 +98,14 @@ def generate_batch(rng: np.random.Generator, start: int, tiles: int, size: int) 
     refl = refl * (0.8 + 0.4 * veg) ** np.array([0, 0, 0, -1, 0, 1, 1, 1, 1, 1, 0, 0, 0], np.float32)[:, None, None]
     refl = refl + rng.normal(0, 40, refl.shape).astype(np.float32)
     refl[~l2a] += np.array([300, 250, 200, 150, 120, 100, 100, 90, 90, 60, 0, 40, 30], np.float32)[:, None, None]
-    refl[l2a, 10] = 0                                                                   # L2A has no B10
+    # A few tiles hold a small cloud (the real scenes have < 10 % cloudy pixels): bright, flat, in the masks too
+    yy, xx = np.mgrid[:S, :S]
+    centre = rng.uniform(0, S, (tiles, 2))
+    cloud = (rng.random(tiles) < 0.1)[:, None, None] & \
+        ((yy - centre[:, :1, None]) ** 2 + (xx - centre[:, 1:, None]) ** 2 < (S / 8) ** 2)          # (T, S, S)
+    refl = np.where(cloud[:, None], 0.3 * refl + 5000, refl)
     s2 = np.clip(refl, 1, 20000).astype(np.uint16)
+    s2[l2a, 10] = 0  # L2A has no B10: zero, after the clip (which would make it 1)
     holes = rng.random(tiles) < 0.03                                                    # a few no-data stripes
     s2[holes, :, : S // 8, :] = 0
 
@@ -119,6 +127,13 @@ def generate_batch(rng: np.random.Generator, start: int, tiles: int, size: int) 
     height = np.where(trees, 8 + 22 * veg[:, 0], 2 * veg[:, 0])
     canopy = np.stack([height, 1 + 0.15 * height], axis=1).round().clip(0, 127).astype(np.int8)
     canopy[rng.random(canopy.shape) < 0.002] = -128
+
+    # Quality layers: QA60 bit 10 (opaque cloud) where the cloud is; cloud probability (%) and the scene
+    # classification (4 vegetation, 5 not vegetated, 6 water, 8/9 cloud, 11 snow) exist for L2A tiles only.
+    qa60 = np.where(cloud, 1024, 0).astype(np.uint16)[:, None]
+    prob = np.clip(np.where(cloud, 90, 2) + rng.normal(0, 3, cloud.shape), 0, 100).astype(np.uint16)[:, None]
+    scl = np.select([cloud, cls == 7, cls == 6, (cls <= 3) | (cls >= 8)], [9, 6, 11, 4], 5).astype(np.uint8)[:, None]
+    prob[~l2a], scl[~l2a] = 65535, 255
 
     esa = np.asarray(ESA_CODES, np.uint8)[cls][:, None]
     dw = _DW_OF_ESA[cls][:, None]
@@ -152,6 +167,7 @@ def generate_batch(rng: np.random.Generator, start: int, tiles: int, size: int) 
     return {"sentinel2": s2, "sentinel1": s1, "aster": aster, "canopy_height_eth": canopy, "dynamic_world": dw,
             "esa_worldcover": esa, "era5": era5, "lat": lat_v, "lon": lon_v, "month": month_v, "biome": biome,
             "eco_region": eco, "metadata": meta,
+            "sentinel2_cloudmask": qa60, "sentinel2_cloudprod": prob, "sentinel2_scl": scl,
             "_tile": {"lat": lat, "lon": lon, "month": month, "biome": biome_idx, "eco": eco_idx}}
 
 
@@ -179,6 +195,8 @@ def band_stats(sample: dict[str, np.ndarray]) -> dict:
              "sentinel2_l2a": _stats(sample["sentinel2"][l2a], (0,))}
     for name in ("sentinel1", "aster", "canopy_height_eth", "era5", "lat", "lon", "month"):
         stats[name] = _stats(sample[name], MODALITIES[name].no_data)
+    for name in ("sentinel2_cloudmask", "sentinel2_cloudprod"):  # the real file has these two keys too
+        stats[name] = _stats(sample[name], S2_QUALITY[name].no_data)
     return stats
 
 
@@ -223,7 +241,7 @@ def write_dataset(out_dir: str, tiles: int = 2000, size: int = 64, seed: int = 0
     try:
         with h5py.File(tmp_h5, "w") as f:
             dsets = {}
-            for name, m in MODALITIES.items():
+            for name, m in {**MODALITIES, **S2_QUALITY}.items():
                 shape = (tiles, m.channels, size, size) if m.level == "pixel" else (tiles, m.channels)
                 dsets[name] = f.create_dataset(name, shape=shape, dtype=m.dtype, chunks=(1,) + shape[1:],
                                                compression="gzip", compression_opts=compression_level)
