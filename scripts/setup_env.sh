@@ -18,9 +18,14 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 
-if ! python -c "import torch, numpy, h5py, tqdm, matplotlib, pytest, pytest_benchmark, ninja, setuptools, wheel, ruff" 2>/dev/null; then
-  echo "[setup] installing torch, numpy, h5py, tqdm, matplotlib, pytest, pytest-benchmark, ninja, ruff (torch is large: a few minutes)"
-  python -m pip install -q --disable-pip-version-check torch numpy h5py tqdm matplotlib pytest pytest-benchmark ninja ruff "setuptools>=64" wheel
+if ! python -c "import torch, numpy, h5py, tqdm, matplotlib, safetensors, pytest, pytest_benchmark, ninja, setuptools, wheel, ruff" 2>/dev/null; then
+  echo "[setup] installing torch, numpy, h5py, tqdm, matplotlib, safetensors, pytest, pytest-benchmark, ninja, ruff (torch is large: a few minutes)"
+  python -m pip install -q --disable-pip-version-check torch numpy h5py tqdm matplotlib safetensors pytest pytest-benchmark ninja ruff "setuptools>=64" wheel
+fi
+# The interop tests run against the real libraries (timm's ConvNeXt V2, torchgeo's MMEarth dataset)
+if ! python -c "import timm, torchgeo" 2>/dev/null; then
+  echo "[setup] installing timm and torchgeo (interop tests)"
+  python -m pip install -q --disable-pip-version-check timm torchgeo
 fi
 
 stamp_file="$VENV/.mmearth_build_stamp"
