@@ -115,7 +115,9 @@ def extensions():
     # -fno-tree-loop-distribute-patterns: keep short tail loops inline instead of memcpy calls,
     # which would force the register accumulators of the CPU kernels onto the stack.
     # the C++ standard is chosen by torch (C++17 or C++20)
-    cxx += ["-fvisibility=hidden", "-Wno-psabi", "-ffp-contract=fast", "-fno-tree-loop-distribute-patterns"]
+    # -fopenmp: at::parallel_for is a header template that is serial unless _OPENMP is defined here (torch's
+    # own libgomp, already loaded by `import torch`, then runs it; same soname, so one OpenMP runtime).
+    cxx += ["-fvisibility=hidden", "-Wno-psabi", "-ffp-contract=fast", "-fno-tree-loop-distribute-patterns", "-fopenmp"]
     define_macros = []
 
     use_cuda, why = False, ""
@@ -152,11 +154,12 @@ def extensions():
             sources,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=["-fopenmp"],
         )
     else:
         log(f"building the CPU kernels only: {why}")
         ext = cpp_ext.CppExtension("mmearth_kernels._C", sources, define_macros=define_macros,
-                                   extra_compile_args={"cxx": cxx})
+                                   extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
     return [ext], {"build_ext": cpp_ext.BuildExtension}
 
 

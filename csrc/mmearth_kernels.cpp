@@ -3,7 +3,10 @@
 // Device implementations live in csrc/cpu/*.cpp and csrc/cuda/*.cu (TORCH_LIBRARY_IMPL blocks);
 // fake kernels and autograd are registered in Python (mmearth_kernels/ops/).
 #include <Python.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <atomic>
 
 extern "C" {
 // `import mmearth_kernels._C` loads this shared object, which runs the static TORCH_LIBRARY
@@ -25,6 +28,17 @@ static bool built_with_cuda() {
 #endif
 }
 
+// How many threads one at::parallel_for of this extension really runs on. at::parallel_for is a header
+// template: compiled without -fopenmp it silently runs every CPU kernel on one thread, whatever
+// torch.get_num_threads() says. The tests compare this with torch's thread count (setup.py adds -fopenmp).
+static int64_t cpu_threads_used() {
+  std::atomic<uint64_t> seen{0};
+  at::parallel_for(0, 64 * at::get_num_threads(), 1, [&](int64_t, int64_t) {
+    seen.fetch_or(uint64_t(1) << (at::get_thread_num() % 64));
+  });
+  return __builtin_popcountll(seen.load());
+}
+
 TORCH_LIBRARY(mmearth_kernels, m) {
   // Submanifold depthwise conv on packed rows: y[p] = bias + sum_k w[k] * x[p + o_k] over active neighbours.
   m.def("sparse_dwconv2d(Tensor x, Tensor weight, Tensor? bias, Tensor row_pos, Tensor inv_map) -> Tensor");
@@ -40,6 +54,7 @@ TORCH_LIBRARY(mmearth_kernels, m) {
       "grn_backward(Tensor grad_out, Tensor x, Tensor gamma, Tensor gnorm, Tensor offsets, float eps,"
       " bool batch_stats, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   m.def("built_with_cuda() -> bool", &built_with_cuda);
+  m.def("cpu_threads_used() -> int", &cpu_threads_used);
 }
 
 }  // namespace mmearth_kernels

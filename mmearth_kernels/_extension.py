@@ -30,6 +30,12 @@ def built_with_cuda() -> bool:
     return LOADED and bool(torch.ops.mmearth_kernels.built_with_cuda())
 
 
+def cpu_threads_used() -> int:
+    """Threads one ``at::parallel_for`` of the C++ CPU kernels runs on now (0 without the extension). Equal to
+    ``torch.get_num_threads()`` in a build with OpenMP; 1 in one without (the kernels would then be serial)."""
+    return int(torch.ops.mmearth_kernels.cpu_threads_used()) if LOADED else 0
+
+
 OPS = ("sparse_dwconv2d", "sparse_dwconv2d_backward", "grn", "grn_backward")
 # Asked once at import: the dispatcher query is not traceable by torch.compile, a dict lookup is.
 _KERNELS = {

@@ -21,6 +21,9 @@ def main() -> None:
           f"(CUDA {torch.version.cuda}), triton {triton_version}")
     print(f"extension        {'loaded' if _extension.LOADED else 'NOT loaded: ' + str(_extension.LOAD_ERROR)}")
     print(f"CUDA kernels     {'built' if _extension.built_with_cuda() else 'not built'}")
+    if _extension.LOADED:
+        print(f"CPU kernels      {_extension.cpu_threads_used()} threads per kernel "
+              f"(torch.get_num_threads() = {torch.get_num_threads()})")
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     print(f"GPU              {gpu}")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
