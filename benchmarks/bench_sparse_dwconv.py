@@ -1,7 +1,9 @@
 """Sparse depthwise 7x7 conv: each impl x fwd/bwd/fwd+bwd on ConvNeXt V2 atto and tiny stage shapes.
 
 Baseline ("dense"): what users have today, channels_last ``conv2d(groups=C)`` with the mask
-applied before and after, on the same data (batch 64, 61.2 % masked).
+applied before and after, on the same data (batch 64, 61.2 % masked). "triton-patches" is the
+patch-tiled Triton kernel (``tiling="patches"``). Ideal bytes: forward reads x and writes y; the
+backward reads dy and x and writes dx (the weight gradient's partials are left out).
 """
 
 import pytest
@@ -19,7 +21,8 @@ DTYPES = {"cpu": [torch.float32], "cuda": [torch.bfloat16, torch.float32]}
 
 
 def _impls(device):
-    return [i for i in mk.available_impls("sparse_dwconv2d", device) if i != "ref"] + ["ref", "dense"]
+    compiled = [i for i in mk.available_impls("sparse_dwconv2d", device) if i != "ref"]
+    return compiled + (["triton-patches"] if "triton" in compiled else []) + ["ref", "dense"]
 
 
 CASES = [(dev, dt, impl, model, res, C, mode) for dev in DEVICES for dt in DTYPES[dev] for impl in _impls(dev)
@@ -47,8 +50,10 @@ def test_sparse_dwconv(case, timed, benchmark):
         def forward():
             return F.conv2d(xin * m, w, b, padding=3, groups=C) * m
     else:
+        kernel, _, tiling = impl.partition("-")
+
         def forward():
-            return mk.sparse_dwconv2d(x, w, b, lay, impl=impl)
+            return mk.sparse_dwconv2d(x, w, b, lay, impl=kernel, tiling=tiling or "rows")
 
     g = torch.randn_like(forward())
     nc = lay.num_rows * C * x.element_size()

@@ -6,13 +6,14 @@
 #      once with the system compiler (/usr/bin/gcc, g++) and say which build is used,
 #   2. device and versions, copy bandwidth,
 #   3. the end-to-end training step, graphed against graphed (python -m benchmarks.e2e: atto and tiny,
-#      56/8, mask 0.6, bf16, batch 256; sparse (Triton), dense, dense-plain, sparse (CUDA kernels) as
+#      56/8, mask 0.6, bf16, batch 256; sparse (Triton), dense, dense-plain, sparse-fused, sparse (CUDA) as
 #      whole-step CUDA graphs, then the same eagerly); every case also records kernels and host launch
 #      calls per step and summed kernel time from a profiler trace, so wall time / kernel time says
 #      how launch-bound each step still is,
 #   4. the CUDA and Triton tests, the CUDA-graph step tests first (graphed = eager, capture errors),
 #   5. atto at batch 1024, graphed, and the compiled-graphed variants at batch 256,
-#   6. kernel benchmarks (bf16 fwd+bwd slice) and the CPU tests under this machine's toolchain.
+#   6. kernel benchmarks (bf16, batch 256, stage 1-2 shapes, fwd and fwd+bwd) and the CPU tests under this
+#      machine's toolchain.
 # Every phase has a time box inside one deadline (MMEARTH_GPU_CHECK_DEADLINE, default 560 s from the
 # start), so the whole check fits one 10-minute device call; the e2e JSON is rewritten after each case.
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]     (default: $OUT if set, else benchmarks/results)
@@ -103,7 +104,7 @@ e2e_rc=0
 G256=(--sizes atto,tiny --geometries 56/8 --mask-ratios 0.6 --precisions bf16 --batch 256)
 
 stamp "e2e: graphed sparse vs graphed dense (atto, tiny; bf16, batch 256), then eager"
-e2e b256 240 "${G256[@]}" --backends sparse-graphed,dense-graphed,dense-plain-graphed,sparse-cuda-graphed,sparse,dense,dense-plain
+e2e b256 240 "${G256[@]}" --backends sparse-graphed,dense-graphed,dense-plain-graphed,sparse-fused-graphed,sparse-cuda-graphed,sparse,dense,dense-plain
 
 stamp "tests: CUDA-graph step, then the CUDA and Triton cases"
 T_TESTS=$(box "${MMEARTH_GPU_CHECK_TESTS_TIMEOUT:-120}"); t_tests=$(date +%s)
@@ -123,16 +124,18 @@ if [ "$DRY" = "1" ] && [ -z "$COPY_GBS" ]; then
 else
   # the quick slice; the full grid (480 cases, mostly Triton autotuning and torch.compile per shape) took
   # over 7 minutes on an H200 and does not fit a lease
-  SEL=(-k "cuda and bfloat16 and fwdbwd" --benchmark-only --benchmark-min-rounds=5)
+  # issue 17's measure: batch 256, stages 1-2 (56 and 28 px), forward and forward+backward, GB/s vs copy
+  SEL=(-k "cuda and bfloat16 and (-fwd- or fwdbwd) and (56px or 28px)" --benchmark-only --benchmark-min-rounds=5)
+  export MMEARTH_BENCH_BATCH=256
 fi
 bench_rc=0
-for op in sparse_dwconv grn; do
+for op in sparse_dwconv grn gelu_grn; do
   timeout -s INT -k 20 "$(box 45)" \
   "$PY" -m pytest "benchmarks/bench_$op.py" -q -p no:cacheprovider "${SEL[@]}" \
     --benchmark-json="$OUT_DIR/$NAME-$op.json" > "$OUT_DIR/bench-$op.log" 2>&1 || bench_rc=1
   tail -n 2 "$OUT_DIR/bench-$op.log"
 done
-"$PY" benchmarks/report.py "$OUT_DIR/$NAME-sparse_dwconv.json" "$OUT_DIR/$NAME-grn.json" \
+"$PY" benchmarks/report.py "$OUT_DIR/$NAME-sparse_dwconv.json" "$OUT_DIR/$NAME-grn.json" "$OUT_DIR/$NAME-gelu_grn.json" \
   ${COPY_GBS:+--copy-gbs "$COPY_GBS"} --env "$OUT_DIR/env.json" > "$OUT_DIR/$NAME.md" 2>/dev/null || bench_rc=1
 head -n 30 "$OUT_DIR/$NAME.md"
 

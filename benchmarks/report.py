@@ -9,12 +9,12 @@ import argparse
 import json
 from collections import defaultdict
 
-BASELINE = {"sparse_dwconv2d": "dense", "grn": "eager"}
+BASELINE = {"sparse_dwconv2d": "dense", "grn": "eager", "gelu_grn": "unfused"}
 LOADER = []  # (source, samples/s, tiles) from bench_loader.py
 LOADER_WORKERS = []  # (workers, normalised in the worker, samples/s) from bench_loader.py
 DISPATCH = defaultdict(dict)  # grad -> path -> median us, from bench_dispatch.py
 ENCODER = defaultdict(dict)  # (device, model, batch) -> backend -> median s, from bench_encoder.py
-KERNEL_IMPLS = ("cpu", "cuda", "triton")
+KERNEL_IMPLS = ("cpu", "cuda", "triton", "triton-patches")
 
 
 def load(paths):

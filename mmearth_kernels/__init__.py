@@ -13,7 +13,7 @@ from . import _extension
 from ._extension import built_with_cuda
 from .layout import SparseLayout, build_layout, from_dense, layout_from_active, to_dense
 from .masking import num_kept, random_patch_mask
-from .ops import IMPLS, available_impls, grn, sparse_dwconv2d
+from .ops import IMPLS, available_impls, gelu_grn, grn, sparse_dwconv2d
 
 EXTENSION_LOADED = _extension.LOADED
 
@@ -26,6 +26,7 @@ __all__ = [
     "build_layout",
     "built_with_cuda",
     "from_dense",
+    "gelu_grn",
     "grn",
     "layout_from_active",
     "num_kept",

@@ -16,6 +16,7 @@ shapes alone and the builder never synchronises with the device.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -44,6 +45,9 @@ class SparseLayout:
     offsets: torch.Tensor  # [B + 1] int32
     rows_per_sample: int | None = None  # set when every sample has the same number of rows
     trusted: bool = field(default=False, repr=False, compare=False)
+    # b when every active site lies in a fully active, aligned b x b block (build_layout: b = H / gh), the
+    # structure the patch-tiled depthwise conv exploits; None = unknown (any active set)
+    block: int | None = None
 
     def __post_init__(self):
         _check_structure(self)
@@ -90,6 +94,9 @@ def _check_structure(lay: SparseLayout) -> None:
         raise ValueError(f"SparseLayout.offsets must have B + 1 = {B + 1} entries, got {lay.offsets.shape[0]}")
     if B * H * W >= 2**31:
         raise ValueError(f"B*H*W = {B * H * W} does not fit the int32 positions of the layout")
+    b = lay.block
+    if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1 or H % b or W % b):
+        raise ValueError(f"SparseLayout.block = {b!r} must be an int >= 1 dividing H = {H} and W = {W}")
     R = lay.rows_per_sample
     if R is not None and (isinstance(R, bool) or not isinstance(R, int) or R < 0 or R * B != lay.row_pos.shape[0]):
         raise ValueError(f"SparseLayout.rows_per_sample = {R!r} but there are {lay.row_pos.shape[0]} rows for "
@@ -118,6 +125,11 @@ def _check_values(lay: SparseLayout) -> None:
             p = int(back[0, 0])
             raise ValueError(f"SparseLayout: row_pos and inv_map disagree at row {p} (row_pos = {int(pos[p])}, inv_map "
                              f"there = {int(flat[pos[p]])}): duplicate or corrupt rows")
+    if lay.block is not None and lay.block > 1:  # whole aligned blocks active or inactive
+        b = lay.block
+        blocks = (lay.inv_map >= 0).view(lay.batch_size, lay.height // b, b, lay.width // b, b)
+        if bool((blocks.all(dim=(2, 4)) != blocks.any(dim=(2, 4))).any()):
+            raise ValueError(f"SparseLayout.block = {b} but some aligned {b}x{b} block is only partly active")
     active = int((flat >= 0).sum())
     if active != N:
         raise ValueError(f"SparseLayout: inv_map marks {active} active sites but row_pos lists {N} rows")
@@ -162,12 +174,13 @@ def build_layout(mask: torch.Tensor, resolution: int | tuple[int, int], kept_per
         raise ValueError(f"resolution {(H, W)} must be a positive multiple of the mask grid {(gh, gw)}")
     bh, bw = H // gh, W // gw
     active = (~mask).repeat_interleave(bh, dim=1).repeat_interleave(bw, dim=2)  # [B, H, W]
+    block = bh if bh == bw else None
     if kept_per_sample is None:
-        return layout_from_active(active)
+        return dataclasses.replace(layout_from_active(active), block=block)
     if not 0 <= kept_per_sample <= gh * gw:
         raise ValueError(f"kept_per_sample must be in [0, {gh * gw}], got {kept_per_sample}")
     check_kept(mask, kept_per_sample, "kept_per_sample")  # CPU masks; on a GPU the caller's promise
-    return layout_from_active(active, rows_per_sample=kept_per_sample * bh * bw)
+    return dataclasses.replace(layout_from_active(active, rows_per_sample=kept_per_sample * bh * bw), block=block)
 
 
 def layout_from_active(active: torch.Tensor, rows_per_sample: int | None = None) -> SparseLayout:

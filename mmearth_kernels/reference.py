@@ -52,6 +52,12 @@ def grn_ref(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offsets: t
     return gamma * (x * nx[gid]) + beta + x
 
 
+def gelu_grn_ref(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offsets: torch.Tensor,
+                 eps: float = 1e-6, batch_stats: bool = False) -> torch.Tensor:
+    """``GRN(GELU(h))`` on packed rows: the exact (erf) GELU, then :func:`grn_ref`."""
+    return grn_ref(F.gelu(h), gamma, beta, offsets, eps, batch_stats)
+
+
 def grn_dense_eager(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """The eager GRN users have today (ConvNeXt V2's dense ``GRN`` on ``[B, H, W, C]``): the baseline."""
     gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)

@@ -56,6 +56,27 @@ GRN_CASES = {
 }
 
 
+GELU_GRN_CASES = {
+    "gamma size": (dict(gamma=torch.randn(7)), ValueError, "gamma must hold C = 8"),
+    "beta dtype": (dict(beta=G.half()), TypeError, "beta has dtype"),
+    "stats unknown": (dict(stats="global"), ValueError, "stats must be one of"),
+    "eps negative": (dict(eps=-1.0), ValueError, "eps must be >= 0"),
+    "layout missing": (dict(layout=None), ValueError, "takes packed"),
+    "layout of another stage": (dict(layout=L14), ValueError, "another stage"),
+    "dense input": (dict(h=torch.randn(2, 5, 8)), ValueError, "h must be 2-D"),
+    "impl unknown": (dict(impl="fast"), ValueError, "impl must be one of"),
+    "cuda impl on cpu": (dict(impl="cuda"), (ValueError, RuntimeError), "gelu_grn"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GELU_GRN_CASES))
+def test_gelu_grn_bad_input(name):
+    override, exc, match = GELU_GRN_CASES[name]
+    kw = dict(h=X, gamma=G, beta=G, layout=L28, eps=1e-6, stats="per_sample", impl="auto") | override
+    with pytest.raises(exc, match=match):
+        mk.gelu_grn(kw["h"], kw["gamma"], kw["beta"], kw["layout"], eps=kw["eps"], stats=kw["stats"], impl=kw["impl"])
+
+
 @pytest.mark.parametrize("name", sorted(GRN_CASES))
 def test_grn_bad_input(name):
     override, exc, match = GRN_CASES[name]

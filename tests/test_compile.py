@@ -1,4 +1,4 @@
-"""Both ops under torch.compile(fullgraph=True) agree with eager, forward and backward."""
+"""The ops under torch.compile(fullgraph=True) agree with eager, forward and backward."""
 
 import pytest
 import torch
@@ -26,9 +26,9 @@ def test_compiled_matches_eager(device, impl):
     lay = d.layout
 
     def block(x, w, b, gamma, beta):
-        # dwconv -> GRN on the same rows, as in a ConvNeXt V2 block (widths kept equal here)
+        # dwconv -> GRN (and the fused GELU + GRN) on the same rows, as in a ConvNeXt V2 block (widths equal here)
         y = mk.sparse_dwconv2d(x, w, b, lay, impl=impl)
-        return mk.grn(y, gamma, beta, lay, impl=impl) + x
+        return mk.grn(y, gamma, beta, lay, impl=impl) + mk.gelu_grn(y, gamma, beta, lay, impl=impl) + x
 
     C = d.x.shape[1]
     tensors = [d.x, d.weight, d.bias, s.gamma[:C].detach().clone(), s.beta[:C].detach().clone()]

@@ -20,20 +20,23 @@ def test_linear_fit_recovers_a_line():
                                         ("sparse-compiled", ("sparse", "auto", True, False)),
                                         ("dense-plain-compiled-graphed", ("dense-plain", "auto", True, True)),
                                         ("sparse-cuda-graphed", ("sparse", "cuda", False, True)),
+                                        ("sparse-fused", ("sparse-fused", "auto", False, False)),
+                                        ("sparse-fused-triton-graphed", ("sparse-fused", "triton", False, True)),
                                         ("minkowski", ("minkowski", "auto", False, False))])
 def test_backend_names(name, want):
     assert tuple(e2e.parse_backend(name)) == want
 
 
 def test_smoke_grid_writes_json_markdown_plots_and_compares(tmp_path):
-    args = ["--smoke", "--out", str(tmp_path), "--name", "a", "--backends", "dense,dense-plain,sparse,sparse-graphed",
+    args = ["--smoke", "--out", str(tmp_path), "--name", "a",
+            "--backends", "dense,dense-plain,sparse,sparse-fused,sparse-graphed",
             "--mask-ratios", "0,0.6", "--no-isolate"]
     doc = e2e.main(args)
     ctx = doc["context"]
     assert ctx["device"] == "cpu" and ctx["torch"] and ctx["git"] and ctx["options"]["batch"] == "2"
     rows = doc["results"]
     timed = [r for r in rows if "ms_step" in r]
-    assert len(rows) == 8 and len(timed) == 6 and all(r["ms_step"] > 0 and r["img_s"] > 0 for r in timed)
+    assert len(rows) == 10 and len(timed) == 8 and all(r["ms_step"] > 0 and r["img_s"] > 0 for r in timed)
     # CUDA graphs cannot run here: listed, with the reason, not silently dropped
     assert [r["skipped"] for r in rows if "skipped" in r] == ["CUDA graphs need a CUDA device"] * 2
     for r in timed:  # every ratio is against the baseline at the same mask ratio, from this run
@@ -48,8 +51,9 @@ def test_smoke_grid_writes_json_markdown_plots_and_compares(tmp_path):
                      for b in ("sparse", "dense"))
     assert sparse["ops_per_step"] <= dense["ops_per_step"], (sparse["ops_per_step"], dense["ops_per_step"])
     host = {r["backend"]: r for r in doc["host_cost"]}
-    assert set(host) == {"dense", "dense-plain", "sparse"} and all(r["host_ms_b1"] > 0 for r in host.values())
-    assert [f["backend"] for f in doc["scaling"]] == ["sparse"] and doc["scaling"][0]["points"] == 2
+    assert set(host) == {"dense", "dense-plain", "sparse", "sparse-fused"}
+    assert all(r["host_ms_b1"] > 0 for r in host.values())
+    assert [f["backend"] for f in doc["scaling"]] == ["sparse", "sparse-fused"] and doc["scaling"][0]["points"] == 2
     for suffix in (".json", ".md", "-throughput.png"):
         assert os.path.getsize(tmp_path / f"a{suffix}") > 0
     assert json.load(open(tmp_path / "a.json"))["results"][0]["backend"] in ("dense", "sparse")

@@ -7,60 +7,24 @@ import torch.nn.functional as F
 
 from mmearth_kernels.models import MPMAE
 from mmearth_kernels.models import losses as loss_fns
-from mmearth_kernels.models.mpmae import IMAGE_TASKS, PIXEL_TASKS
+from mmearth_kernels.models.mpmae import PIXEL_TASKS
 
 from _compare import assert_grads_close
-from conftest import cpu_impls
 
-IMPL = "cpu" if "cpu" in cpu_impls("sparse_dwconv2d") else "ref"
-
-
-def _targets(B, img=56, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    t = {}
-    for name, C in PIXEL_TASKS.items():
-        if name in ("dynamic_world", "esa_worldcover"):
-            v = torch.randint(-1, C, (B, img, img), generator=g)
-        else:
-            v = torch.randn(B, C, img, img, generator=g)
-            v[:, :, :5, :5] = float("nan")  # some no-data
-        t[name] = v
-    for name, C in IMAGE_TASKS.items():
-        if name in ("biome", "eco_region"):
-            t[name] = torch.randint(0, C, (B,), generator=g)
-        else:
-            t[name] = torch.randn(B, C, generator=g)
-    t["era5"][0] = float("nan")
-    return t
-
-
-def _model(**kw):
-    torch.manual_seed(0)
-    m = MPMAE("atto", impl=IMPL, init="standard", **kw)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return m
-
-
-def _loss_and_grads(m, x, t, mask, kept):
-    m.zero_grad()
-    out = m(x, t, mask, kept)
-    out["loss"].backward()
-    return out, {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+from _mpmae_helpers import IMPL, loss_and_grads, mpmae_model, targets
 
 
 @pytest.mark.parametrize("all_masked_sample", [False, True])
 def test_backends_agree_on_loss_and_gradients(all_masked_sample):
-    m = _model()
-    x, t = torch.randn(3, 12, 56, 56), _targets(3)
+    m = mpmae_model()
+    x, t = torch.randn(3, 12, 56, 56), targets(3)
     mask, kept = m.random_mask(3, generator=torch.Generator().manual_seed(2))
     if all_masked_sample:
         mask[0], kept = True, None
     m.encoder.backend = "dense"
-    od, gd = _loss_and_grads(m, x, t, mask, kept)
+    od, gd = loss_and_grads(m, x, t, mask, kept)
     m.encoder.backend = "sparse"
-    os_, gs = _loss_and_grads(m, x, t, mask, kept)
+    os_, gs = loss_and_grads(m, x, t, mask, kept)
     assert torch.isfinite(od["loss"])
     torch.testing.assert_close(os_["loss"], od["loss"], rtol=1e-5, atol=1e-5)
     assert_grads_close(gs, gd)
@@ -69,11 +33,11 @@ def test_backends_agree_on_loss_and_gradients(all_masked_sample):
 @pytest.mark.parametrize("backend", ["dense", "sparse"])
 def test_bf16_autocast_step_matches_fp32(backend):
     """The trainer's GPU default: activations in bf16, parameters (GRN, depthwise weights) in fp32."""
-    m = _model()
+    m = mpmae_model()
     m.encoder.backend = backend
-    x, t = torch.randn(2, 12, 56, 56), _targets(2)
+    x, t = torch.randn(2, 12, 56, 56), targets(2)
     mask, kept = m.random_mask(2, generator=torch.Generator().manual_seed(2))
-    o32, g32 = _loss_and_grads(m, x, t, mask, kept)
+    o32, g32 = loss_and_grads(m, x, t, mask, kept)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         o16 = m(x, t, mask, kept)
     m.zero_grad()
@@ -89,8 +53,8 @@ def test_bf16_autocast_step_matches_fp32(backend):
 
 def test_masked_token_heads_equal_full_heads():
     """Computing pixel heads only at masked tokens gives exactly the loss of the full computation."""
-    m = _model(tasks="pixel", loss_weighting="unweighted")
-    x, t = torch.randn(2, 12, 56, 56), _targets(2)
+    m = mpmae_model(tasks="pixel", loss_weighting="unweighted")
+    x, t = torch.randn(2, 12, 56, 56), targets(2)
     mask, kept = m.random_mask(2, generator=torch.Generator().manual_seed(4))
     got = m(x, t, mask, kept)["losses"]
     feats = m.decode(x, mask, kept)["sentinel2"]
@@ -110,21 +74,21 @@ def test_masked_token_heads_equal_full_heads():
 
 
 def test_shared_decoder_once_equals_per_task_copies():
-    shared = _model()
+    shared = mpmae_model()
     per_task = MPMAE("atto", impl=IMPL, decoder="per_task")
     state = {k: v for k, v in shared.state_dict().items() if not k.startswith("decoder.")}
     for task in per_task.tasks:
         for k, v in shared.decoder.state_dict().items():
             state[f"decoder.{task}.{k}"] = v
     per_task.load_state_dict(state)
-    x, t = torch.randn(2, 12, 56, 56), _targets(2)
+    x, t = torch.randn(2, 12, 56, 56), targets(2)
     mask, kept = shared.random_mask(2, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(shared(x, t, mask, kept)["loss"], per_task(x, t, mask, kept)["loss"])
 
 
 def test_no_leakage_into_the_loss():
-    m = _model()
-    x, t = torch.randn(2, 12, 56, 56), _targets(2)
+    m = mpmae_model()
+    x, t = torch.randn(2, 12, 56, 56), targets(2)
     mask, kept = m.random_mask(2, generator=torch.Generator().manual_seed(3))
     hidden = mask.repeat_interleave(8, 1).repeat_interleave(8, 2)[:, None].expand_as(x)
     x2 = x.clone()
@@ -188,7 +152,7 @@ def test_bad_config(kwargs, match):
         MPMAE("atto", **kwargs)
 
 
-def test_missing_targets():
+def test_missingtargets():
     m = MPMAE("atto", tasks="image")
     with pytest.raises(ValueError, match="targets lack"):
         m(torch.randn(1, 12, 56, 56), {"era5": torch.randn(1, 12)})

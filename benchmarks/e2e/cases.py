@@ -11,7 +11,7 @@ from mmearth_kernels.ops import available_impls
 
 GEOMETRIES = {"56/8": (56, 8), "112/16": (112, 16)}
 PRECISIONS = ("fp32", "bf16")
-KINDS = ("dense", "dense-plain", "sparse", "minkowski")
+KINDS = ("dense", "dense-plain", "sparse", "sparse-fused", "minkowski")
 # The decision of this project: sparse against the dense baselines in the same execution mode.
 BASELINES = ("dense", "dense-plain")
 
@@ -31,7 +31,7 @@ class Case:
 
 
 class Backend(NamedTuple):
-    kind: str       # encoder backend: dense, dense-plain, sparse, minkowski
+    kind: str       # encoder backend: dense, dense-plain, sparse, sparse-fused, minkowski
     impl: str       # kernel impl for sparse ("auto" otherwise)
     compiled: bool  # torch.compile(model)
     graphed: bool   # the whole step replayed from CUDA graphs
@@ -49,12 +49,12 @@ def parse_backend(name: str) -> Backend:
         base, graphed = base[: -len("-graphed")], True
     if base.endswith("-compiled"):
         base, compiled = base[: -len("-compiled")], True
-    if base in ("dense", "dense-plain", "minkowski", "sparse"):
+    if base in ("dense", "dense-plain", "minkowski", "sparse", "sparse-fused"):
         return Backend(base, "auto", compiled, graphed)
-    kind, _, impl = base.partition("-")
-    if kind != "sparse" or impl not in ("ref", "cpu", "cuda", "triton"):
-        raise ValueError(f"unknown backend {name!r}: use dense, dense-plain, sparse, sparse-<impl> or minkowski, "
-                         "optionally followed by -compiled and/or -graphed")
+    kind, _, impl = base.rpartition("-")
+    if kind not in ("sparse", "sparse-fused") or impl not in ("ref", "cpu", "cuda", "triton"):
+        raise ValueError(f"unknown backend {name!r}: use dense, dense-plain, sparse, sparse-<impl>, sparse-fused, "
+                         "sparse-fused-<impl> or minkowski, optionally followed by -compiled and/or -graphed")
     return Backend(kind, impl, compiled, graphed)
 
 
@@ -65,7 +65,8 @@ def mode_baseline(backend: str, baseline: str) -> str:
 
 def available_backends(device: str) -> list[str]:
     impls = [i for i in available_impls("sparse_dwconv2d", device) if i in available_impls("grn", device)]
-    eager = ["dense", "dense-plain", "sparse", *(f"sparse-{i}" for i in impls)]
+    eager = ["dense", "dense-plain", "sparse", *(f"sparse-{i}" for i in impls), "sparse-fused",
+             *(f"sparse-fused-{i}" for i in impls if i == "triton")]
     out = eager + [b + "-compiled" for b in eager if b in ("dense", "dense-plain", "sparse")]
     if device == "cuda":  # CUDA graphs: the whole step, eager or compiled
         out += [b + "-graphed" for b in out]
@@ -94,6 +95,7 @@ def quick_grid(device: str) -> dict:
         # these sizes an eager step is bound by host launch overhead, so only graphed steps compare
         # GPU work (sparse against both dense baselines in the same mode). sparse = impl "auto".
         backends = ["sparse-graphed", "dense-graphed", "dense-plain-graphed", "sparse-cuda-graphed",
+                    "sparse-fused-graphed",
                     "sparse", "dense", "dense-plain",
                     "sparse-compiled-graphed", "dense-compiled-graphed", "dense-plain-compiled-graphed"]
         have = available_backends(device)

@@ -9,7 +9,8 @@ is built for one batch (its mask) and offers:
 * ``map(h, fn, level)``: a per-site function (LayerNorm, GELU) of the features ``[..., C]``;
 * ``strided(h, conv, src, dst, depthwise)``: a kernel = stride conv from level ``src`` to ``dst``;
 * ``dwconv(h, conv, level)``: the blocks' depthwise conv, returning per-site features ``[..., C]``;
-* ``grn(f, grn, level)``: GRN of those features;
+* ``grn(f, grn, level)``: GRN of those features; ``gelu_grn(f, grn, level)``: GRN(GELU(f)), by default
+  the two in turn (:class:`.backend_base.Backend`), one fused op in ``sparse-fused``;
 * ``add(h, f, level)``: the residual ``h + f`` at the active sites;
 * ``densify(h)``: the ``[B, C, g, g]`` output, zero at masked positions.
 
@@ -22,9 +23,11 @@ from __future__ import annotations
 import torch
 
 from .. import layout as packed
+from ..ops import gelu_grn as gelu_grn_op
 from ..ops import grn as grn_op
-from ..ops import sparse_dwconv2d
+from ..ops import _impl, sparse_dwconv2d
 from . import sparse_layers
+from .backend_base import Backend
 
 
 def grn_dense(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, stats: str = "per_sample",
@@ -43,7 +46,7 @@ def _cf(h: torch.Tensor, fn) -> torch.Tensor:
     return fn(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class Dense:
+class Dense(Backend):
     """The full map, channels_last. ``remask=True``: FCMAE's exact emulation, the mask re-applied after
     every spatial op and GRN statistics over active sites; False (``dense-plain``): only the input is
     masked, a plain ConvNeXt V2 (not equivalent: masked sites fill up after the first conv)."""
@@ -91,7 +94,7 @@ class Dense:
         return h
 
 
-class Plain:
+class Plain(Backend):
     """A dense map with nothing masked and per-sample GRN through this library's op: the MP-MAE decoder block."""
 
     def __init__(self, impl: str = "auto"):
@@ -107,7 +110,7 @@ class Plain:
         return h + f.permute(0, 3, 1, 2)
 
 
-class Sparse:
+class Sparse(Backend):
     """The packed layout end to end: ``[N, C]`` rows of the visible sites, one layout per resolution built
     once per forward with static shapes; this library's sparse depthwise conv and GRN."""
 
@@ -144,6 +147,22 @@ class Sparse:
         return packed.to_dense(h, self.lay[3])
 
 
+class SparseFused(Sparse):
+    """``sparse`` with the second-generation kernels where Triton runs them: GELU + GRN in one op (a pass over
+    the 4C-wide tensor less each way, docs/bytes-model.md) and the patch-tiled depthwise conv. Elsewhere (CPU:
+    no fused C++ kernel yet) the same ops unfused, the numbers of ``sparse``. Same parameters and results as
+    ``sparse`` (tested)."""
+
+    def dwconv(self, h, conv, level):
+        lay = self.lay[level]
+        patches = lay.block is not None and _impl.resolve("sparse_dwconv2d", self.impl, h.device) == "triton"
+        return sparse_dwconv2d(h.contiguous(), conv.weight, conv.bias, lay, impl=self.impl,
+                               tiling="patches" if patches else "rows")
+
+    def gelu_grn(self, f, grn, level):
+        return gelu_grn_op(f.contiguous(), grn.gamma, grn.beta, self.lay[level], stats=self.stats, impl=self.impl)
+
+
 def _minkowski(encoder, x, mask, kept):
     from .minkowski import Minkowski  # optional engine: imported only when used
 
@@ -154,6 +173,7 @@ def _minkowski(encoder, x, mask, kept):
 BACKENDS = {
     "dense": lambda enc, x, mask, kept: Dense(enc, x, mask, remask=True),
     "sparse": Sparse,
+    "sparse-fused": SparseFused,
     "minkowski": _minkowski,
     "dense-plain": lambda enc, x, mask, kept: Dense(enc, x, mask, remask=False),
 }

@@ -17,6 +17,7 @@ import torch
 
 from .. import layout as packed
 from ..interop.me_layout import conv_to_me, depthwise_to_me
+from .backend_base import Backend
 
 INSTALL_HINT = ("install it with `bash scripts/build_minkowski.sh` (builds MinkowskiEngine 0.5.4 for the torch in "
                 "this environment; PyPI's sdist does not build as is on current Python/torch)")
@@ -86,7 +87,7 @@ def _grn(x, features, grn, stats: str, eps: float = 1e-6):
     return gamma * (f * nx[gid]) + beta + f
 
 
-class Minkowski:
+class Minkowski(Backend):
     """The encoder backend on ME sparse tensors (the interface is in :mod:`.backends`). A block's features
     (from ``dwconv`` to ``add``) are the rows ``.F`` of its input's coordinates."""
 

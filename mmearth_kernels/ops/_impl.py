@@ -25,9 +25,14 @@ AUTO_ORDER = {
 }
 
 
+# Composite ops whose compiled impls are another op's kernels (gelu_grn's CPU/CUDA impls: GELU + GRN kernel).
+KERNELS_OF = {"gelu_grn": "grn"}
+
+
 def available_impls(op: str, device: torch.device | str) -> list[str]:
     """Concrete implementations of ``op`` that can run on ``device`` in this installation."""
     dev = torch.device(device)
+    op = KERNELS_OF.get(op, op)
     out = ["ref"]
     if dev.type == "cpu" and _extension.has_kernel(op, "CPU"):
         out.append("cpu")
@@ -71,7 +76,7 @@ def _resolve(op: str, impl: str, device: torch.device) -> str:
     if device.type != impl:
         raise ValueError(f"{op}: impl={impl!r} runs on {impl} tensors, but the input is on {device}; "
                          f"use impl='auto' to pick per device")
-    if not _extension.has_kernel(op, impl.upper()):
+    if not _extension.has_kernel(KERNELS_OF.get(op, op), impl.upper()):
         raise RuntimeError(f"{op}: impl={impl!r} is not in this build (mmearth_kernels._C was built without "
                            f"its {impl.upper()} kernels; see `python -m mmearth_kernels.info`)")
     return impl

@@ -91,8 +91,52 @@ if _triton.HAS_TRITON:
                                              setup_context=_setup_context)
 
 
+if _triton.HAS_TRITON:
+    # The patch-tiled kernels (triton_kernels/sparse_dwconv_tiled.py): same maths, neighbours found through the
+    # per-patch table of a layout made of whole blocks (SparseLayout.block), so they take the block size.
+
+    @torch.library.custom_op("mmearth_kernels::sparse_dwconv2d_tiled_triton", mutates_args=())
+    def sparse_dwconv2d_tiled_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                     inv_map: torch.Tensor, block: int) -> torch.Tensor:
+        from ..triton_kernels import sparse_dwconv_tiled as kernels
+
+        return kernels.forward(x, weight, bias, inv_map, block)
+
+    @sparse_dwconv2d_tiled_triton.register_fake
+    def _tiled_fake(x, weight, bias, inv_map, block):
+        _fake_checks(x, weight)
+        return torch.empty_like(x)
+
+    @torch.library.custom_op("mmearth_kernels::sparse_dwconv2d_tiled_backward_triton", mutates_args=())
+    def sparse_dwconv2d_tiled_backward_triton(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                                              inv_map: torch.Tensor, block: int, output_mask: list[bool]
+                                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from ..triton_kernels import sparse_dwconv_tiled as kernels
+
+        return kernels.backward(grad_out, x, weight, inv_map, block, output_mask)
+
+    @sparse_dwconv2d_tiled_backward_triton.register_fake
+    def _tiled_backward_fake(grad_out, x, weight, inv_map, block, output_mask):
+        return _fake_backward(grad_out, x, weight, None, inv_map, output_mask)
+
+    def _tiled_setup_context(ctx, inputs, output):
+        x, weight, bias, inv_map, block = inputs
+        ctx.save_for_backward(x, weight, inv_map)
+        ctx.has_bias, ctx.block = bias is not None, block
+
+    def _tiled_backward(ctx, grad):
+        x, weight, inv_map = ctx.saved_tensors
+        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
+        grads = sparse_dwconv2d_tiled_backward_triton(grad.contiguous(), x, weight, inv_map, ctx.block, need)
+        return tuple(g if n else None for g, n in zip(grads, need)) + (None, None)
+
+    sparse_dwconv2d_tiled_triton.register_autograd(_tiled_backward, setup_context=_tiled_setup_context)
+
+TILINGS = ("rows", "patches")
+
+
 def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout,
-                    impl: str = "auto") -> torch.Tensor:
+                    impl: str = "auto", tiling: str = "rows") -> torch.Tensor:
     """Depthwise conv over the active sites of ``layout``.
 
     Args:
@@ -101,6 +145,9 @@ def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         bias: ``[C]`` or None.
         layout: the :class:`SparseLayout` of x's stage.
         impl: ``"auto"``, ``"ref"``, ``"cpu"``, ``"cuda"``, ``"triton"`` (see ``mmearth_kernels.ops._impl``).
+        tiling: ``"rows"`` (every impl: blocks of packed rows, neighbours looked up per tap) or ``"patches"``
+            (Triton, or the reference: one program per few kept patches, neighbours from a per-patch table;
+            needs a layout made of whole blocks, ``layout.block`` set, as :func:`build_layout` makes them).
     Returns:
         ``[N, C]`` in x's dtype.
     """
@@ -118,7 +165,19 @@ def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         raise ValueError(f"kernel size must be odd and at most {MAX_KERNEL_SIZE} (a centred 'same' conv), got {K}")
     if bias is not None:
         _checks.check_tensor(bias, "bias", shape=(C,), like=x)
+    if tiling not in TILINGS:
+        raise ValueError(f"tiling must be one of {TILINGS}, got {tiling!r}")
     impl = _impl.resolve(OP, impl, x.device)
+    if tiling == "patches":
+        if layout.block is None:
+            raise ValueError("tiling='patches' needs a layout made of whole aligned blocks (layout.block set, as "
+                             "build_layout makes it); this layout has block=None: use tiling='rows'")
+        if impl not in ("ref", "triton"):
+            raise ValueError(f"tiling='patches' has a Triton kernel (and the reference), not impl={impl!r}: pass "
+                             "impl='triton' (or 'ref'), or use tiling='rows'")
+        if impl == "triton":
+            return torch.ops.mmearth_kernels.sparse_dwconv2d_tiled_triton(x, weight, bias, layout.inv_map,
+                                                                          layout.block)
     if impl == "ref":
         return sparse_dwconv2d_ref(x, weight, bias, layout)
     if impl == "triton":

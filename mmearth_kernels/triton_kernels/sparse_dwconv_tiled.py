@@ -1,0 +1,220 @@
+"""Patch-tiled Triton kernels for the sparse depthwise conv on layouts made of whole b x b blocks.
+
+FCMAE keeps whole patches: at a stage of block size b (8, 4, 2, 1 at the four stages) every active
+site lies in a fully active, aligned b x b block (``SparseLayout.block``). With the rows in raster
+order inside a sample, the row of pixel (i, j) of a kept patch is ``row0 + i * stride + j``, where
+``row0`` is the row of the patch's top-left pixel and ``stride`` = b x (kept patches in its patch
+row). So a tiny per-patch table (``row0`` per patch, ``stride`` per patch row; ``[B, gh + 2P, gw + 2P]``
+with P = ceil((K // 2) / b) rows and columns of -1 padding, built once per call) replaces the per-tap,
+per-row ``inv_map`` look-ups of the row-tiled kernels: a program owns TP kept patches (TP * b^2 rows) x
+BLOCK_C channels, and every tap's neighbour row is arithmetic plus a look-up in a table of a few KB
+(L1-resident) that all rows of a patch share. No boundary tests: the padding reads as inactive.
+
+* ``_tiled_gather_kernel``: output-stationary forward; with the flipped kernel, the input gradient.
+* ``_tiled_wgrad_kernel``: a program owns TP_W kept patches and a channel block, keeps the tile's
+  ``dy`` in registers and writes its own slot ``dw_part[tile, tap, C]`` once per tap (no atomics, no
+  read-modify-write); the host sums the slots in tile order: deterministic.
+
+The row order and the public behaviour are those of every other impl (tested equal); only the way
+neighbours are found differs. Host launchers only; registration is in ``mmearth_kernels/ops``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import acc_dtype, autotune_configs
+
+_FWD_CONFIGS = autotune_configs([
+    triton.Config({"BLOCK_C": 64}, num_warps=4),
+    triton.Config({"BLOCK_C": 32}, num_warps=2),
+    triton.Config({"BLOCK_C": 128}, num_warps=4),
+])
+_WGRAD_CONFIGS = autotune_configs([
+    triton.Config({"BLOCK_C": 32}, num_warps=4),
+    triton.Config({"BLOCK_C": 64}, num_warps=4),
+])
+ROWS_FWD = 64     # rows per forward program: TP = ROWS_FWD // b^2 patches (1 at b = 8, 64 at b = 1)
+ROWS_WGRAD = 256  # rows per weight-gradient program (fewer partial slots to write and sum)
+
+
+def patches_per_program(block: int, rows: int) -> int:
+    return max(1, rows // (block * block))
+
+
+def patch_tables(inv_map: torch.Tensor, block: int, num_rows: int, K: int):
+    """``(row0 [B, gh+2P, gw+2P], stride [B, gh+2P], patches [NP], P)`` for a layout of whole b x b blocks.
+
+    ``patches`` lists the kept patches (flat ``b * gh * gw + ph * gw + pw``) in row order; NP = N / b^2
+    comes from the shapes, so nothing is read back to the host."""
+    B, H, W = inv_map.shape
+    gh, gw = H // block, W // block
+    P = -(-(K // 2) // block)
+    top_left = inv_map[:, ::block, ::block]                                   # [B, gh, gw]: row or -1
+    kept = top_left >= 0
+    row0 = torch.full((B, gh + 2 * P, gw + 2 * P), -1, dtype=torch.int32, device=inv_map.device)
+    row0[:, P:P + gh, P:P + gw] = top_left
+    stride = torch.zeros((B, gh + 2 * P), dtype=torch.int32, device=inv_map.device)
+    stride[:, P:P + gh] = kept.sum(-1, dtype=torch.int32) * block
+    NP = num_rows // (block * block)
+    # kept slots first, each group in slot order = the row order of their top-left pixels
+    patches = torch.argsort((~kept).reshape(-1).to(torch.int8), stable=True)[:NP].to(torch.int32)
+    return row0, stride, patches, P
+
+
+@triton.jit
+def _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, NP, GH, GW, P: tl.constexpr, BS: tl.constexpr,
+               TP: tl.constexpr, RP: tl.constexpr):
+    """The rows of one tile: (validity, sample, padded patch row / column, local i, j, own row index).
+    RP = TP * BS^2 rounded up to a power of two (tl.arange's rule); the lanes beyond are invalid."""
+    r = tl.arange(0, RP)
+    pidx = pid * TP + r // (BS * BS)
+    li = (r % (BS * BS)) // BS
+    lj = r % BS
+    valid = (r < TP * BS * BS) & (pidx < NP)
+    slot = tl.load(patches_ptr + pidx, mask=valid, other=0).to(tl.int64)
+    b = slot // (GH * GW)
+    rem = slot - b * (GH * GW)
+    php = rem // GW + P  # padded coordinates
+    pwp = rem % GW + P
+    GWP = GW + 2 * P
+    GHP = GH + 2 * P
+    own0 = tl.load(row0_ptr + (b * GHP + php) * GWP + pwp, mask=valid, other=0).to(tl.int64)
+    owns = tl.load(stride_ptr + b * GHP + php, mask=valid, other=0).to(tl.int64)
+    return valid, b, php, pwp, li, lj, own0 + li * owns + lj
+
+
+@triton.jit
+def _neighbour(row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, N, GH, GW, dy: tl.constexpr, dx: tl.constexpr,
+               P: tl.constexpr, BS: tl.constexpr):
+    """Row of the neighbour (i + dy, j + dx) of each tile row, and whether it is active (padding and masked
+    patches read -1; a corrupt table entry outside [0, N) reads as inactive)."""
+    hh = li + dy + P * BS  # >= 0: floor division below is exact for the negative offsets too
+    ww = lj + dx + P * BS
+    oy = hh // BS - P
+    ox = ww // BS - P
+    ni = hh % BS
+    nj = ww % BS
+    GWP = GW + 2 * P
+    GHP = GH + 2 * P
+    n0 = tl.load(row0_ptr + (b * GHP + php + oy) * GWP + pwp + ox, mask=valid, other=-1).to(tl.int64)
+    ns = tl.load(stride_ptr + b * GHP + php + oy, mask=valid, other=0).to(tl.int64)
+    q = n0 + ni * ns + nj
+    return q, valid & (n0 >= 0) & (q < N)
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["C", "K", "BS", "HAS_BIAS"])
+@triton.jit
+def _tiled_gather_kernel(x_ptr, w_ptr, b_ptr, row0_ptr, stride_ptr, patches_ptr, y_ptr, N, C, NP, GH, GW,
+                         K: tl.constexpr, BS: tl.constexpr, P: tl.constexpr, TP: tl.constexpr, RP: tl.constexpr,
+                         HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """y[p, c] = bias[c] + sum_t w[t, c] * x[q_t(p), c] for the TP * BS^2 rows p of this program's patches."""
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    valid, b, php, pwp, li, lj, rows = _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, NP, GH, GW, P, BS, TP, RP)
+    valid = valid & (rows >= 0) & (rows < N)
+    acc = tl.zeros((RP, BLOCK_C), dtype=ACC)
+    for t in tl.static_range(K * K):
+        q, ok = _neighbour(row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, N, GH, GW, t // K - K // 2,
+                           t % K - K // 2, P, BS)
+        xv = tl.load(x_ptr + q[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
+        acc += xv.to(ACC) * tl.load(w_ptr + t * C + cols, mask=cmask, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
+    tl.store(y_ptr + rows[:, None] * C + cols[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=valid[:, None] & cmask[None, :])
+
+
+@triton.autotune(configs=_WGRAD_CONFIGS, key=["C", "K", "BS"])
+@triton.jit
+def _tiled_wgrad_kernel(dy_ptr, x_ptr, row0_ptr, stride_ptr, patches_ptr, dw_part_ptr, db_part_ptr, N, C, NP,
+                        GH, GW, K: tl.constexpr, BS: tl.constexpr, P: tl.constexpr, TP: tl.constexpr,
+                        RP: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """dw_part[tile, t, c] = sum over the tile's rows p of dy[p, c] * x[q_t(p), c]; db_part[tile, c] = sum dy."""
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    valid, b, php, pwp, li, lj, rows = _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, NP, GH, GW, P, BS, TP, RP)
+    valid = valid & (rows >= 0) & (rows < N)
+    dy = tl.load(dy_ptr + rows[:, None] * C + cols[None, :], mask=valid[:, None] & cmask[None, :],
+                 other=0.0).to(ACC)
+    tl.store(db_part_ptr + pid * C + cols, tl.sum(dy, axis=0), mask=cmask)
+    for t in tl.static_range(K * K):
+        q, ok = _neighbour(row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, N, GH, GW, t // K - K // 2,
+                           t % K - K // 2, P, BS)
+        xv = tl.load(x_ptr + q[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0).to(ACC)
+        tl.store(dw_part_ptr + (pid * K * K + t) * C + cols, tl.sum(dy * xv, axis=0), mask=cmask)
+
+
+def _taps_major(weight: torch.Tensor) -> torch.Tensor:
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    return weight.reshape(weight.shape[0], -1).t().to(acc).contiguous()  # [K*K, C]
+
+
+def _launch_gather(x, w_taps, bias, tables, block, K, out):
+    row0, stride, patches, P = tables
+    N, C = x.shape
+    _, ghp, gwp = row0.shape
+    NP = patches.shape[0]
+    TP = patches_per_program(block, ROWS_FWD)
+
+    def grid(meta):
+        return (triton.cdiv(NP, TP), triton.cdiv(C, meta["BLOCK_C"]))
+
+    _tiled_gather_kernel[grid](x, w_taps, bias if bias is not None else w_taps, row0, stride, patches, out, N, C, NP,
+                               ghp - 2 * P, gwp - 2 * P, K=K, BS=block, P=P, TP=TP,
+                               RP=triton.next_power_of_2(TP * block * block), HAS_BIAS=bias is not None,
+                               ACC=acc_dtype(x.dtype))
+
+
+def forward(x, weight, bias, inv_map, block: int) -> torch.Tensor:
+    assert x.is_contiguous() and weight.is_contiguous(), "x and weight must be contiguous"
+    N, C = x.shape
+    K = weight.shape[-1]
+    y = torch.empty_like(x)
+    if N == 0 or C == 0:
+        return y
+    w = _taps_major(weight)
+    b = bias.to(w.dtype).contiguous() if bias is not None else None
+    _launch_gather(x, w, b, patch_tables(inv_map, block, N, K), block, K, y)
+    return y
+
+
+def backward(grad_out, x, weight, inv_map, block: int, output_mask=(True, True, True)):
+    """``(dx, dweight, dbias)``; those whose ``output_mask`` entry is False are not computed (empty tensors)."""
+    need_dx, need_dw, need_db = output_mask
+    grad_out = grad_out.contiguous()
+    N, C = x.shape
+    K = weight.shape[-1]
+    KK = K * K
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+
+    def finish(dw, db):
+        return dx, (dw if need_dw else weight.new_empty(0)), (db if need_db else weight.new_empty(0))
+
+    if N == 0 or C == 0:
+        return finish(torch.zeros_like(weight), weight.new_zeros(C))
+    w = _taps_major(weight)
+    tables = patch_tables(inv_map, block, N, K)
+    if need_dx:  # dx[q] = sum_t w[t] dy[q - o_t] = sum_t w[KK-1-t] dy[q + o_t]: the gather with flipped taps
+        _launch_gather(grad_out, w.flip(0).contiguous(), None, tables, block, K, dx)
+    if not (need_dw or need_db):
+        return finish(None, None)
+    row0, stride, patches, P = tables
+    NP = patches.shape[0]
+    TP = patches_per_program(block, ROWS_WGRAD)
+    tiles = triton.cdiv(NP, TP)
+    dw_part = torch.empty(tiles, KK, C, dtype=w.dtype, device=x.device)
+    db_part = torch.empty(tiles, C, dtype=w.dtype, device=x.device)
+
+    def grid(meta):
+        return (tiles, triton.cdiv(C, meta["BLOCK_C"]))
+
+    _tiled_wgrad_kernel[grid](grad_out, x, row0, stride, patches, dw_part, db_part, N, C, NP,
+                              row0.shape[1] - 2 * P, row0.shape[2] - 2 * P, K=K, BS=block, P=P, TP=TP,
+                              RP=triton.next_power_of_2(TP * block * block), ACC=acc_dtype(x.dtype))
+    dw = dw_part.sum(0).t().reshape(C, 1, K, K).to(weight.dtype).contiguous()  # tile order: deterministic
+    return finish(dw, db_part.sum(0).to(weight.dtype))

@@ -1,0 +1,117 @@
+"""sparse_dwconv2d(tiling="patches"): the patch-tiled Triton kernels against the reference on every mask case
+(blocks of 1..4 px, odd channel counts, K = 1, 3, 5, 7), gradients, opcheck, determinism; the layout's block."""
+
+import pytest
+import torch
+
+import mmearth_kernels as mk
+from mmearth_kernels.testing import MASK_CASES, dwconv_samples, make_layout
+
+from _compare import check_close, grads, upcast
+from conftest import device_impls
+
+TILED = [p for p in device_impls("sparse_dwconv2d") if "triton" in p.id]
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+OP = torch.ops.mmearth_kernels
+
+
+@pytest.mark.parametrize("case", MASK_CASES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("device, impl", TILED)
+def test_matches_reference(device, impl, dtype, case, poison):
+    for s in dwconv_samples(device, dtype, requires_grad=True, cases=[case]):
+        assert s.layout.block is not None
+        inputs = [s.x, s.weight, s.bias]
+        out = mk.sparse_dwconv2d(*s.args(), impl=impl, tiling="patches")
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(device)
+        got = grads(out, inputs, g.to(dtype))
+        ref_in = upcast(inputs)
+        ref = mk.sparse_dwconv2d(ref_in[0], ref_in[1], ref_in[2], s.layout, impl="ref")
+        ref_g = grads(ref, ref_in, g)
+        pt, pt_g = None, [None] * 3
+        if dtype in (torch.float16, torch.bfloat16):
+            pt_in = upcast(inputs, dtype)
+            pt = mk.sparse_dwconv2d(pt_in[0], pt_in[1], pt_in[2], s.layout, impl="ref")
+            pt_g = grads(pt, pt_in, g.to(dtype))
+        check_close(f"{s.name} y", out, ref, pt, dtype)
+        for name, a, b, c in zip(("dx", "dw", "db"), got, ref_g, pt_g):
+            check_close(f"{s.name} {name}", a, b, c, dtype)
+
+
+@pytest.mark.parametrize("device, impl", TILED)
+def test_stage_blocks_8_and_odd_channels(device, impl):
+    """Stage-1 blocks (8 px, one patch per program) and a 15x15 kernel (halo of two patches at b = 4)."""
+    mask = mk.random_patch_mask(2, 3, 0.5, generator=torch.Generator().manual_seed(5))
+    for res, C, K in ((24, 11, 7), (12, 5, 15)):
+        lay = mk.build_layout(mask, res)
+        x = torch.randn(lay.num_rows, C, dtype=torch.float64, device=device)
+        w = torch.randn(C, 1, K, K, dtype=torch.float64, device=device)
+        b = torch.randn(C, dtype=torch.float64, device=device)
+        torch.testing.assert_close(mk.sparse_dwconv2d(x, w, b, lay, impl=impl, tiling="patches"),
+                                   mk.sparse_dwconv2d(x, w, b, lay, impl="ref"))
+
+
+@pytest.mark.parametrize("device, impl", TILED)
+def test_gradcheck_fp64(device, impl):
+    for s in dwconv_samples(device, torch.float64, requires_grad=True, cases=MASK_CASES[1:4]):
+        if s.x.numel() > 600:
+            continue
+        f = lambda x, w, b, lay=s.layout: mk.sparse_dwconv2d(x, w, b, lay, impl=impl, tiling="patches")  # noqa: E731
+        assert torch.autograd.gradcheck(f, (s.x, s.weight, s.bias), fast_mode=True), s.name
+
+
+@pytest.mark.parametrize("device, impl", TILED)
+def test_opcheck_and_output_mask(device, impl):
+    for s in dwconv_samples(device, torch.float32, cases=MASK_CASES):
+        block = s.layout.block
+        torch.library.opcheck(OP.sparse_dwconv2d_tiled_triton.default,
+                              (s.x, s.weight, s.bias, s.layout.inv_map, block))
+        g = torch.randn_like(s.x)
+        full = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, s.layout.inv_map, block, [True] * 3)
+        torch.library.opcheck(OP.sparse_dwconv2d_tiled_backward_triton.default,
+                              (g, s.x, s.weight, s.layout.inv_map, block, [True, True, True]))
+        for mask in ([True, False, False], [False, True, True], [False, False, True]):
+            part = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, s.layout.inv_map, block, mask)
+            for want, got, asked in zip(full, part, mask):
+                if asked:
+                    assert torch.equal(got, want), s.name
+                else:
+                    assert got.numel() == 0, s.name
+        # deterministic: the weight gradient is summed over tiles in a fixed order
+        again = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, s.layout.inv_map, block, [True] * 3)
+        assert all(torch.equal(a, b) for a, b in zip(full, again)), s.name
+
+
+def test_build_layout_records_the_block():
+    mask = mk.random_patch_mask(2, 7, 0.6, generator=torch.Generator().manual_seed(0))
+    for res, b in ((56, 8), (28, 4), (14, 2), (7, 1)):
+        assert mk.build_layout(mask, res, 19).block == b
+        assert mk.build_layout(mask, res).block == b
+    assert mk.build_layout(mask, (14, 28)).block is None  # 2 x 4 blocks: not square
+
+
+def test_hand_made_layout_block_is_checked():
+    lay = make_layout(MASK_CASES[3])
+    assert lay.block == 3
+    kw = dict(batch_size=lay.batch_size, height=lay.height, width=lay.width, row_pos=lay.row_pos,
+              inv_map=lay.inv_map, offsets=lay.offsets)
+    assert mk.SparseLayout(**kw, block=3).block == 3
+    with pytest.raises(ValueError, match="partly active"):
+        mk.SparseLayout(**kw, block=6)
+    with pytest.raises(ValueError, match="must be an int >= 1 dividing"):
+        mk.SparseLayout(**kw, block=5)
+
+
+def test_patches_tiling_errors():
+    s = dwconv_samples("cpu", torch.float32, cases=[MASK_CASES[3]])[0]
+    with pytest.raises(ValueError, match="not impl='cpu'"):
+        mk.sparse_dwconv2d(*s.args(), impl="cpu", tiling="patches")
+    with pytest.raises(ValueError, match="tiling must be one of"):
+        mk.sparse_dwconv2d(*s.args(), tiling="tiles")
+    lay = s.layout
+    loose = mk.SparseLayout(lay.batch_size, lay.height, lay.width, lay.row_pos, lay.inv_map, lay.offsets)
+    with pytest.raises(ValueError, match="block=None"):
+        mk.sparse_dwconv2d(s.x, s.weight, s.bias, loose, impl="ref", tiling="patches")
+    # the reference accepts the tiling (same maths): the same numbers
+    torch.testing.assert_close(mk.sparse_dwconv2d(*s.args(), impl="ref", tiling="patches"),
+                               mk.sparse_dwconv2d(*s.args(), impl="ref"))
