@@ -54,3 +54,23 @@ def assert_grads_close(got: dict, want: dict, limit: float = 1e-4, what: str = "
     for name in want:
         rel = ((got[name] - want[name]).norm() / want[name].norm().clamp_min(1e-12)).item()
         assert rel < limit, f"{what} {name}: relative gradient error {rel:.2e}"
+
+
+def check_against_reference(name, fn, ref, inputs, dtype, grad_names, seed=7):
+    """``fn(*inputs)`` and its gradients against ``ref`` on the fp64 upcast (tight for fp32/fp64), and in low
+    precision within 2x the error of ``ref`` run in ``dtype`` (PyTorch's own error). ``inputs`` require grad
+    (None entries allowed); ``grad_names`` name them in messages."""
+    out = fn(*inputs)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(out.device)
+    got = grads(out, inputs, g.to(dtype))
+    r = upcast(inputs)
+    ref64 = ref(*r)
+    ref_g = grads(ref64, r, g)
+    pt, pt_g = None, [None] * len(inputs)
+    if dtype in LOW_PRECISION:
+        p = upcast(inputs, dtype)
+        pt = ref(*p)
+        pt_g = grads(pt, p, g.to(dtype))
+    check_close(f"{name} y", out, ref64, pt, dtype)
+    for gname, a, b, c in zip(grad_names, got, ref_g, pt_g):
+        check_close(f"{name} {gname}", a, b, c, dtype)

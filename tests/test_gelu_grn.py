@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import mmearth_kernels as mk
 from mmearth_kernels.testing import MASK_CASES, grn_samples
 
-from _compare import check_close, grads, upcast
+from _compare import check_against_reference
 from conftest import device_impls
 
 DEVICE_IMPLS = device_impls("gelu_grn")
@@ -32,21 +32,10 @@ def test_reference_is_grn_of_gelu():
 @pytest.mark.parametrize("device, impl", DEVICE_IMPLS)
 def test_matches_reference(device, impl, dtype, stats, case, poison):
     for s in grn_samples(device, dtype, requires_grad=True, cases=[case]):
-        inputs = [s.x, s.gamma, s.beta]
-        out = mk.gelu_grn(s.x, s.gamma, s.beta, s.layout, stats=stats, impl=impl)
-        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
-        got = grads(out, inputs, g.to(dtype))
-        r = upcast(inputs)
-        ref = mk.gelu_grn(r[0], r[1], r[2], s.layout, stats=stats, impl="ref")
-        ref_g = grads(ref, r, g)
-        pt, pt_g = None, [None] * 3
-        if dtype in (torch.float16, torch.bfloat16):  # PyTorch's own error: the reference in the low dtype
-            p = upcast(inputs, dtype)
-            pt = mk.gelu_grn(p[0], p[1], p[2], s.layout, stats=stats, impl="ref")
-            pt_g = grads(pt, p, g.to(dtype))
-        check_close(f"{s.name} y", out, ref, pt, dtype)
-        for name, a, b, c in zip(("dh", "dgamma", "dbeta"), got, ref_g, pt_g):
-            check_close(f"{s.name} {name}", a, b, c, dtype)
+        check_against_reference(
+            s.name, lambda h, g, b, lay=s.layout: mk.gelu_grn(h, g, b, lay, stats=stats, impl=impl),
+            lambda h, g, b, lay=s.layout: mk.gelu_grn(h, g, b, lay, stats=stats, impl="ref"),
+            [s.x, s.gamma, s.beta], dtype, ("dh", "dgamma", "dbeta"), seed=3)
 
 
 @pytest.mark.parametrize("device, impl", DEVICE_IMPLS)

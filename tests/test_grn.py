@@ -6,7 +6,7 @@ import torch
 import mmearth_kernels as mk
 from mmearth_kernels.testing import MASK_CASES, grn_samples, make_layout
 
-from _compare import check_close, grads, upcast
+from _compare import check_against_reference
 from conftest import cpu_impls, device_impls, requires_ext
 
 IMPLS = cpu_impls("grn")
@@ -26,21 +26,10 @@ def test_cpu_kernel_is_available():
 @pytest.mark.parametrize("device, impl", DEVICE_IMPLS)
 def test_matches_reference(device, impl, dtype, stats, case, poison):
     for s in grn_samples(device, dtype, requires_grad=True, cases=[case]):  # the C configs
-        inputs = [s.x, s.gamma, s.beta]
-        out = mk.grn(s.x, s.gamma, s.beta, s.layout, stats=stats, impl=impl)
-        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
-        got = grads(out, inputs, g.to(dtype))
-        r = upcast(inputs)
-        ref = mk.grn(r[0], r[1], r[2], s.layout, stats=stats, impl="ref")
-        ref_g = grads(ref, r, g)
-        pt, pt_g = None, [None] * 3
-        if dtype in (torch.float16, torch.bfloat16):
-            p = upcast(inputs, dtype)
-            pt = mk.grn(p[0], p[1], p[2], s.layout, stats=stats, impl="ref")
-            pt_g = grads(pt, p, g.to(dtype))
-        check_close(f"{s.name} y", out, ref, pt, dtype)
-        for name, a, b, c in zip(("dx", "dgamma", "dbeta"), got, ref_g, pt_g):
-            check_close(f"{s.name} {name}", a, b, c, dtype)
+        check_against_reference(
+            s.name, lambda x, g, b, lay=s.layout: mk.grn(x, g, b, lay, stats=stats, impl=impl),
+            lambda x, g, b, lay=s.layout: mk.grn(x, g, b, lay, stats=stats, impl="ref"),
+            [s.x, s.gamma, s.beta], dtype, ("dx", "dgamma", "dbeta"), seed=3)
 
 
 def test_reference_formula_per_sample_and_batch():

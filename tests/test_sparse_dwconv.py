@@ -8,7 +8,7 @@ import mmearth_kernels as mk
 from mmearth_kernels.reference import sparse_dwconv2d_ref
 from mmearth_kernels.testing import MASK_CASES, dwconv_samples, make_layout
 
-from _compare import check_close, grads, upcast
+from _compare import check_against_reference
 from conftest import cpu_impls, device_impls, requires_ext
 
 IMPLS = cpu_impls("sparse_dwconv2d")
@@ -27,21 +27,10 @@ def test_cpu_kernel_is_available():
 @pytest.mark.parametrize("device, impl", DEVICE_IMPLS)
 def test_matches_reference(device, impl, dtype, case, poison):
     for s in dwconv_samples(device, dtype, requires_grad=True, cases=[case]):  # the (C, K, bias) configs
-        inputs = [s.x, s.weight, s.bias]
-        out = mk.sparse_dwconv2d(*s.args(), impl=impl)
-        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64).to(device)
-        got = grads(out, inputs, g.to(dtype))
-        ref_in = upcast(inputs)
-        ref = mk.sparse_dwconv2d(ref_in[0], ref_in[1], ref_in[2], s.layout, impl="ref")
-        ref_g = grads(ref, ref_in, g)
-        pt, pt_g = None, [None] * 3
-        if dtype in (torch.float16, torch.bfloat16):  # PyTorch's own error in this dtype
-            pt_in = upcast(inputs, dtype)
-            pt = mk.sparse_dwconv2d(pt_in[0], pt_in[1], pt_in[2], s.layout, impl="ref")
-            pt_g = grads(pt, pt_in, g.to(dtype))
-        check_close(f"{s.name} y", out, ref, pt, dtype)
-        for name, a, b, c in zip(("dx", "dw", "db"), got, ref_g, pt_g):
-            check_close(f"{s.name} {name}", a, b, c, dtype)
+        check_against_reference(
+            s.name, lambda x, w, b, lay=s.layout: mk.sparse_dwconv2d(x, w, b, lay, impl=impl),
+            lambda x, w, b, lay=s.layout: mk.sparse_dwconv2d(x, w, b, lay, impl="ref"),
+            [s.x, s.weight, s.bias], dtype, ("dx", "dw", "db"))
 
 
 def _brute_force(x, w, b, lay):

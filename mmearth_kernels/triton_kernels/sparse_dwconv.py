@@ -19,6 +19,7 @@ import triton.language as tl
 
 from .._constants import dwconv_parts
 from . import acc_dtype, autotune_configs
+from ._dwconv_common import reduce_parts, start_backward, taps_major
 
 # Short lists on purpose: every config is a compile of a 49-tap unrolled kernel, and the GPU check
 # must fit in 8 minutes. Widen them when tuning (benchmarks/gpu_check.sh shows what wins).
@@ -108,11 +109,6 @@ def _wgrad_kernel(dy_ptr, x_ptr, row_pos_ptr, inv_map_ptr, dw_part_ptr, db_part_
     tl.store(db_part_ptr + part * C + cols, db, mask=cmask)
 
 
-def _taps_major(weight: torch.Tensor) -> torch.Tensor:
-    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    return weight.reshape(weight.shape[0], -1).t().to(acc).contiguous()  # [K*K, C]
-
-
 def _check(x, weight, row_pos, inv_map):
     assert x.is_contiguous() and weight.is_contiguous(), "x and weight must be contiguous"
     assert row_pos.dtype == inv_map.dtype == torch.int32, "row_pos and inv_map must be int32"
@@ -126,7 +122,7 @@ def forward(x, weight, bias, row_pos, inv_map) -> torch.Tensor:
     y = torch.empty_like(x)
     if N == 0 or C == 0:
         return y
-    w = _taps_major(weight)
+    w = taps_major(weight)
     b = bias.to(w.dtype).contiguous() if bias is not None else w  # dummy pointer when HAS_BIAS is False
     _, H, W = inv_map.shape
 
@@ -146,14 +142,11 @@ def backward(grad_out, x, weight, row_pos, inv_map, output_mask=(True, True, Tru
     N, C = x.shape
     K = weight.shape[-1]
     KK = K * K
-    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
-
-    def finish(dw, db):
-        return dx, (dw if need_dw else weight.new_empty(0)), (db if need_db else weight.new_empty(0))
+    dx, finish = start_backward(x, weight, output_mask)
 
     if N == 0 or C == 0:
         return finish(torch.zeros_like(weight), weight.new_zeros(C))
-    w = _taps_major(weight)
+    w = taps_major(weight)
     # Flipped taps: dx[q] = sum_t w[t] dy[q - o_t] = sum_t w[KK-1-t] dy[q + o_t].
     w_flip = w.flip(0).contiguous()
     _, H, W = inv_map.shape
@@ -176,5 +169,4 @@ def backward(grad_out, x, weight, row_pos, inv_map, output_mask=(True, True, Tru
 
     _wgrad_kernel[wgrid](grad_out, x, row_pos, inv_map, dw_part, db_part, N, C, H, W, inv_map.numel(), parts, K=K,
                          ACC=ACC)
-    dw = dw_part.sum(0).t().reshape(C, 1, K, K).to(weight.dtype).contiguous()
-    return finish(dw, db_part.sum(0).to(weight.dtype))
+    return finish(*reduce_parts(dw_part, db_part, weight))

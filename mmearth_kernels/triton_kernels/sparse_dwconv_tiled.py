@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from . import acc_dtype, autotune_configs
+from ._dwconv_common import reduce_parts, start_backward, taps_major
 
 _FWD_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_C": 64}, num_warps=4),
@@ -149,11 +150,6 @@ def _tiled_wgrad_kernel(dy_ptr, x_ptr, row0_ptr, stride_ptr, patches_ptr, dw_par
         tl.store(dw_part_ptr + (pid * K * K + t) * C + cols, tl.sum(dy * xv, axis=0), mask=cmask)
 
 
-def _taps_major(weight: torch.Tensor) -> torch.Tensor:
-    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    return weight.reshape(weight.shape[0], -1).t().to(acc).contiguous()  # [K*K, C]
-
-
 def _launch_gather(x, w_taps, bias, tables, block, K, out):
     row0, stride, patches, P = tables
     N, C = x.shape
@@ -177,7 +173,7 @@ def forward(x, weight, bias, inv_map, block: int) -> torch.Tensor:
     y = torch.empty_like(x)
     if N == 0 or C == 0:
         return y
-    w = _taps_major(weight)
+    w = taps_major(weight)
     b = bias.to(w.dtype).contiguous() if bias is not None else None
     _launch_gather(x, w, b, patch_tables(inv_map, block, N, K), block, K, y)
     return y
@@ -190,14 +186,11 @@ def backward(grad_out, x, weight, inv_map, block: int, output_mask=(True, True, 
     N, C = x.shape
     K = weight.shape[-1]
     KK = K * K
-    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
-
-    def finish(dw, db):
-        return dx, (dw if need_dw else weight.new_empty(0)), (db if need_db else weight.new_empty(0))
+    dx, finish = start_backward(x, weight, output_mask)
 
     if N == 0 or C == 0:
         return finish(torch.zeros_like(weight), weight.new_zeros(C))
-    w = _taps_major(weight)
+    w = taps_major(weight)
     tables = patch_tables(inv_map, block, N, K)
     if need_dx:  # dx[q] = sum_t w[t] dy[q - o_t] = sum_t w[KK-1-t] dy[q + o_t]: the gather with flipped taps
         _launch_gather(grad_out, w.flip(0).contiguous(), None, tables, block, K, dx)
@@ -216,5 +209,4 @@ def backward(grad_out, x, weight, inv_map, block: int, output_mask=(True, True, 
     _tiled_wgrad_kernel[grid](grad_out, x, row0, stride, patches, dw_part, db_part, N, C, NP,
                               row0.shape[1] - 2 * P, row0.shape[2] - 2 * P, K=K, BS=block, P=P, TP=TP,
                               RP=triton.next_power_of_2(TP * block * block), ACC=acc_dtype(x.dtype))
-    dw = dw_part.sum(0).t().reshape(C, 1, K, K).to(weight.dtype).contiguous()  # tile order: deterministic
-    return finish(dw, db_part.sum(0).to(weight.dtype))
+    return finish(*reduce_parts(dw_part, db_part, weight))  # summed in tile order: deterministic

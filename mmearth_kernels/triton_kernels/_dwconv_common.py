@@ -1,0 +1,31 @@
+"""What both Triton depthwise-conv modules (row-tiled and patch-tiled) do around their kernels: the taps-major
+weight, the backward's outputs under ``output_mask``, the weight gradient from per-program partials."""
+
+from __future__ import annotations
+
+import torch
+
+
+def taps_major(weight: torch.Tensor) -> torch.Tensor:
+    """``[C, 1, K, K]`` -> ``[K*K, C]`` in the accumulation dtype (fp64 for fp64, fp32 otherwise)."""
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    return weight.reshape(weight.shape[0], -1).t().to(acc).contiguous()
+
+
+def start_backward(x: torch.Tensor, weight: torch.Tensor, output_mask):
+    """``(dx, finish)``: dx to fill (empty when not asked) and ``finish(dw, db)`` that returns the triple with
+    the gradients not asked for as empty tensors."""
+    need_dx, need_dw, need_db = output_mask
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+
+    def finish(dw, db):
+        return dx, (dw if need_dw else weight.new_empty(0)), (db if need_db else weight.new_empty(0))
+
+    return dx, finish
+
+
+def reduce_parts(dw_part: torch.Tensor, db_part: torch.Tensor, weight: torch.Tensor):
+    """Sum the ``[parts, K*K, C]`` / ``[parts, C]`` partials in part order (deterministic) into weight's layout."""
+    C, _, K, _ = weight.shape
+    dw = dw_part.sum(0).t().reshape(C, 1, K, K).to(weight.dtype).contiguous()
+    return dw, db_part.sum(0).to(weight.dtype)
