@@ -1,6 +1,7 @@
 """GRN(GELU(h)): the fused op against GELU then GRN, on the 4C-wide MLP activations of atto/tiny stages.
 
-Baselines: "unfused" = ``F.gelu`` then this library's fastest GRN on the same rows (what the ``sparse``
+Impls: "cpu" (C++) and "triton" are the fused kernels. Baselines: "unfused" = ``F.gelu`` then this library's
+fastest GRN on the same rows (what the ``sparse``
 backend runs); "eager" = ``F.gelu`` then ConvNeXt V2's dense GRN on ``[B, R, 1, 4C]``; "compiled" = that
 under ``torch.compile`` (GPU only). Ideal bytes are those of the two-pass fused kernel: forward reads h
 twice and writes y, backward reads (dy, h) twice and writes dh (docs/bytes-model.md).
@@ -22,7 +23,7 @@ DTYPES = {"cpu": [torch.float32], "cuda": [torch.bfloat16, torch.float32]}
 
 
 def _impls(device):
-    fused = [i for i in mk.available_impls("gelu_grn", device) if i == "triton"]
+    fused = [i for i in mk.available_impls("gelu_grn", device) if i in ("cpu", "triton")]  # "cuda" is unfused
     return fused + ["unfused", "eager"] + (["compiled"] if device == "cuda" else [])
 
 

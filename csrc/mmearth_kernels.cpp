@@ -53,6 +53,12 @@ TORCH_LIBRARY(mmearth_kernels, m) {
   m.def(
       "grn_backward(Tensor grad_out, Tensor x, Tensor gamma, Tensor gnorm, Tensor offsets, float eps,"
       " bool batch_stats, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // GRN(GELU(h)) with GELU applied on load (its output never stored); the backward returns (grad_h, grad_gamma,
+  // grad_beta). CPU kernels only so far (the Triton twin is gelu_grn_triton).
+  m.def("gelu_grn(Tensor h, Tensor gamma, Tensor beta, Tensor offsets, float eps, bool batch_stats) -> (Tensor, Tensor)");
+  m.def(
+      "gelu_grn_backward(Tensor grad_out, Tensor h, Tensor gamma, Tensor gnorm, Tensor offsets, float eps,"
+      " bool batch_stats, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   m.def("built_with_cuda() -> bool", &built_with_cuda);
   m.def("cpu_threads_used() -> int", &cpu_threads_used);
 }

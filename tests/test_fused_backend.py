@@ -32,7 +32,9 @@ def test_encoder_equals_sparse_and_dense(impl, stats):
     yd, gd = run(m, "dense", x, mask, kept)
     ys, gs = run(m, "sparse", x, mask, kept)
     yf, gf = run(m, "sparse-fused", x, mask, kept)
-    torch.testing.assert_close(yf, ys, atol=1e-5, rtol=1e-5)
+    # the fused C++ GELU is a polynomial erf within ~2e-7 of torch's: after 12 blocks the outputs differ like
+    # dense and sparse do (sums in another order)
+    torch.testing.assert_close(yf, ys, atol=2e-4, rtol=2e-4)
     torch.testing.assert_close(yf, yd, atol=2e-4, rtol=2e-4)
     assert_grads_close(gf, gs)
     assert_grads_close(gf, gd)
@@ -64,7 +66,7 @@ def test_mpmae_loss_and_gradients_equal_sparse_and_dense(all_masked_sample):
         out[backend] = loss_and_grads(m, x, t, mask, kept)
     (lf, gf), (ls, gs), (ld, gd) = out["sparse-fused"], out["sparse"], out["dense"]
     assert torch.isfinite(lf["loss"])
-    torch.testing.assert_close(lf["loss"], ls["loss"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(lf["loss"], ls["loss"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(lf["loss"], ld["loss"], rtol=1e-5, atol=1e-5)
     assert set(gf) == set(gd)
     assert_grads_close(gf, gs)

@@ -48,10 +48,15 @@ def test_gradcheck_fp64(device, impl):
             assert torch.autograd.gradcheck(f, (s.x, s.gamma, s.beta), fast_mode=impl == "triton"), (s.name, stats)
 
 
+FUSED = [p for p in DEVICE_IMPLS if "triton" in p.id or p.id == "cpu-cpu"]
+FUSED_OPS = {"triton": (OP.gelu_grn_triton, OP.gelu_grn_backward_triton), "cpu": (OP.gelu_grn, OP.gelu_grn_backward)}
+
+
 @pytest.mark.parametrize("needs", ["none", "all", "h only", "gamma only"])
-@pytest.mark.parametrize("device, impl", [p for p in DEVICE_IMPLS if "triton" in p.id])
+@pytest.mark.parametrize("device, impl", FUSED)
 def test_opcheck_fused(device, impl, needs):
-    """The fused custom ops (the unfused impls are GELU + the GRN op, opchecked in test_grn.py)."""
+    """The fused ops (C++ CPU, Triton); the CUDA impl is GELU + the GRN op, opchecked in test_grn.py."""
+    fwd, bwd = FUSED_OPS[impl]
     for s in grn_samples(device, torch.float32, requires_grad=needs == "all"):
         if needs == "h only":
             s.x.requires_grad_(True)
@@ -59,16 +64,16 @@ def test_opcheck_fused(device, impl, needs):
             s.gamma.requires_grad_(True)
         for batch_stats in (False, True):
             args = (s.x, s.gamma, s.beta, s.layout.offsets, 1e-6, batch_stats)
-            torch.library.opcheck(OP.gelu_grn_triton.default, args)
+            torch.library.opcheck(fwd.default, args)
             if needs == "none":
-                _, gnorm = OP.gelu_grn_triton(*args)
+                _, gnorm = fwd(*args)
                 for mask in ([True, True, True], [True, False, False], [False, True, True]):
-                    dh, dg, db = OP.gelu_grn_backward_triton(torch.randn_like(s.x), s.x, s.gamma, gnorm,
-                                                             s.layout.offsets, 1e-6, batch_stats, mask)
+                    dh, dg, db = bwd(torch.randn_like(s.x), s.x, s.gamma, gnorm, s.layout.offsets, 1e-6,
+                                     batch_stats, mask)
                     assert [t.numel() > 0 for t in (dh, dg, db)] == [m and n > 0 for m, n in
                                                                     zip(mask, (s.x.numel(), s.gamma.numel(),
                                                                                s.gamma.numel()))]
-                torch.library.opcheck(OP.gelu_grn_backward_triton.default,
+                torch.library.opcheck(bwd.default,
                                       (torch.randn_like(s.x), s.x, s.gamma, gnorm, s.layout.offsets, 1e-6,
                                        batch_stats, [True, True, True]))
 
@@ -86,7 +91,7 @@ def _saved_elements(fn) -> int:
     return n
 
 
-@pytest.mark.parametrize("device, impl", [p for p in DEVICE_IMPLS if "triton" in p.id])
+@pytest.mark.parametrize("device, impl", FUSED)
 def test_fused_saves_only_the_input(device, impl):
     """The point of fusing: autograd keeps h (and [groups, C] statistics), not GELU's output as well."""
     s = grn_samples(device, torch.float32, requires_grad=True, cases=[MASK_CASES[3]])[1]

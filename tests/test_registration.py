@@ -9,11 +9,14 @@ import mmearth_kernels as mk
 from mmearth_kernels import _extension
 
 OPS = ["sparse_dwconv2d", "sparse_dwconv2d_backward", "grn", "grn_backward"]
+CPU_ONLY_OPS = ["gelu_grn", "gelu_grn_backward"]  # fused on CPU; on CUDA the Triton twin (or GELU + GRN)
 SCHEMAS = {
     "sparse_dwconv2d": "mmearth_kernels::sparse_dwconv2d(Tensor x, Tensor weight, Tensor? bias, Tensor row_pos, "
                        "Tensor inv_map) -> Tensor",
     "grn": "mmearth_kernels::grn(Tensor x, Tensor gamma, Tensor beta, Tensor offsets, float eps, bool batch_stats) "
            "-> (Tensor, Tensor)",
+    "gelu_grn": "mmearth_kernels::gelu_grn(Tensor h, Tensor gamma, Tensor beta, Tensor offsets, float eps, "
+                "bool batch_stats) -> (Tensor, Tensor)",
 }
 
 
@@ -23,7 +26,7 @@ def test_extension_loaded():
     assert _extension.LOADED, f"mmearth_kernels._C did not load: {_extension.LOAD_ERROR}"
 
 
-@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("op", OPS + CPU_ONLY_OPS)
 def test_cpu_kernels_registered(op):
     assert _extension.has_kernel(op, "CPU")
 
@@ -31,6 +34,11 @@ def test_cpu_kernels_registered(op):
 @pytest.mark.parametrize("op", OPS)
 def test_cuda_kernels_registered_iff_built_with_cuda(op):
     assert _extension.has_kernel(op, "CUDA") == mk.built_with_cuda()
+
+
+@pytest.mark.parametrize("op", CPU_ONLY_OPS)
+def test_cpu_only_ops_have_no_cuda_kernel(op):
+    assert not _extension.has_kernel(op, "CUDA")
 
 
 def test_build_had_cuda_when_required():

@@ -30,8 +30,8 @@ class TrainConfig:
     model: str = _f("atto", "ConvNeXt V2 size: atto, femto, pico, nano, tiny, base, large, huge")
     patch_size: int = _f(8, "mask patch size in pixels (8 at 56 px, 16 at 112 px)")
     tasks: str = _f("all", "pretext tasks: all, s2, pixel, image, or a comma-separated list")
-    backend: str = _f("sparse", "encoder backend: dense (exact masked emulation), sparse, sparse-fused (GELU+GRN "
-                                "fused; Triton on GPU), minkowski, dense-plain (only "
+    backend: str = _f("sparse", "encoder backend: dense (exact masked emulation), sparse, sparse-fused (second-"
+                                "generation kernels: GELU+GRN fused), minkowski, dense-plain (only "
                                 "the input masked, as upstream --sparse False: not equivalent, the cheapest dense "
                                 "baseline)")
     impl: str = _f("auto", "kernel implementation: auto, ref, cpu, cuda, triton")

@@ -19,11 +19,13 @@
 
 #include <array>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "../checks.h"
 #include "../sparse_index.h"
 #include "vec.h"
+#include "vec_math.h"
 
 namespace mmearth_kernels {
 namespace cpu {
@@ -71,26 +73,43 @@ bool per_group_tasks(const Parts& p, bool batch_stats) {
 
 // Column sums over rows [lo, hi) of x^2 (or of g*x and g). Rows are streamed in order, each row
 // once, into accumulators of C values that stay in L1: at stage 1 the tensor exceeds the caches
-// and a sequential walk is what the hardware prefetcher handles best.
-template <typename T>
-MMK_INLINE void sum_sq_rows(const T* x, int64_t C, int64_t lo, int64_t hi, acc_t<T>* out) {
+// and a sequential walk is what the hardware prefetcher handles best. GELU = true: x is GELU's input and
+// GELU(x) is used in its place (gelu_grn); the channel tail then goes through a zero-padded vector.
+template <bool GELU, typename T>
+MMK_INLINE vec_t<T> load_act(const T* p) {
+  return GELU ? vgelu<T>(vload(p)) : vload(p);
+}
+
+// With GELU, GELU(x) is also written to `stash` (the op's output buffer), so the apply pass reads it
+// instead of evaluating GELU a second time: GELU is computed once per element.
+template <bool GELU, typename T>
+MMK_INLINE void sum_sq_rows(const T* x, int64_t C, int64_t lo, int64_t hi, acc_t<T>* out, T* stash) {
   constexpr int L = lanes<T>();
   const int64_t Cv = C - C % L;  // whole vectors; the tail (odd C) is handled lane by lane
   std::fill(out, out + C, acc_t<T>(0));
   for (int64_t r = lo; r < hi; ++r) {
     const T* xr = x + r * C;
     for (int64_t c = 0; c < Cv; c += L) {
-      const vec_t<T> v = vload(xr + c);
+      const vec_t<T> v = load_act<GELU>(xr + c);
+      if constexpr (GELU) vstore(stash + r * C + c, v);
       vstore(out + c, vload(out + c) + v * v);
     }
-    for (int64_t c = Cv; c < C; ++c) {
-      const acc_t<T> v = static_cast<acc_t<T>>(xr[c]);
-      out[c] += v * v;
+    if constexpr (GELU) {
+      if (Cv < C) {
+        const vec_t<T> v = vgelu<T>(vload_n(xr + Cv, C - Cv));
+        vstore_n(stash + r * C + Cv, v, C - Cv);
+        for (int64_t c = Cv; c < C; ++c) out[c] += v[c - Cv] * v[c - Cv];
+      }
+    } else {
+      for (int64_t c = Cv; c < C; ++c) {
+        const acc_t<T> v = static_cast<acc_t<T>>(xr[c]);
+        out[c] += v * v;
+      }
     }
   }
 }
 
-template <typename T>
+template <bool GELU, typename T>
 MMK_INLINE void sum_gx_g_rows(const T* g, const T* x, int64_t C, int64_t lo, int64_t hi, acc_t<T>* s1,
                               acc_t<T>* s0) {
   constexpr int L = lanes<T>();
@@ -102,19 +121,29 @@ MMK_INLINE void sum_gx_g_rows(const T* g, const T* x, int64_t C, int64_t lo, int
     const T* xr = x + r * C;
     for (int64_t c = 0; c < Cv; c += L) {
       const vec_t<T> gv = vload(gr + c);
-      vstore(s1 + c, vload(s1 + c) + gv * vload(xr + c));
+      vstore(s1 + c, vload(s1 + c) + gv * load_act<GELU>(xr + c));
       vstore(s0 + c, vload(s0 + c) + gv);
     }
-    for (int64_t c = Cv; c < C; ++c) {
-      const acc_t<T> gv = static_cast<acc_t<T>>(gr[c]);
-      s1[c] += gv * static_cast<acc_t<T>>(xr[c]);
-      s0[c] += gv;
+    if constexpr (GELU) {
+      if (Cv < C) {
+        const vec_t<T> av = vgelu<T>(vload_n(xr + Cv, C - Cv));
+        for (int64_t c = Cv; c < C; ++c) {
+          const acc_t<T> gv = static_cast<acc_t<T>>(gr[c]);
+          s1[c] += gv * av[c - Cv];
+          s0[c] += gv;
+        }
+      }
+    } else {
+      for (int64_t c = Cv; c < C; ++c) {
+        const acc_t<T> gv = static_cast<acc_t<T>>(gr[c]);
+        s1[c] += gv * static_cast<acc_t<T>>(xr[c]);
+        s0[c] += gv;
+      }
     }
   }
 }
 
-// out = a * s[c] + b[c]   (forward: a = x, b = beta)    or
-// out = a * s[c] + x * t[c] (backward: a = grad_out)
+// out = a * s[c] + b[c]   (forward: a = x, or the stashed GELU(x) in out itself; b = beta)
 template <typename T>
 MMK_INLINE void affine_rows(const T* a, const acc_t<T>* s, const acc_t<T>* b, int64_t C, int64_t lo, int64_t hi,
                             T* out) {
@@ -128,36 +157,47 @@ MMK_INLINE void affine_rows(const T* a, const acc_t<T>* s, const acc_t<T>* b, in
   }
 }
 
-template <typename T>
+// dx = g * s[c] + x * t[c]; with GELU (x = GELU's input): dx = (g * s[c] + GELU(x) * t[c]) * GELU'(x)
+template <bool GELU, typename T>
 MMK_INLINE void grad_rows(const T* g, const T* x, const acc_t<T>* s, const acc_t<T>* t, int64_t C, int64_t lo,
                           int64_t hi, T* dx) {
   constexpr int L = lanes<T>();
   for (int64_t r = lo; r < hi; ++r) {
     for (int64_t c = 0; c < C; c += L) {
       const int64_t valid = C - c;
-      vstore_upto(dx + r * C + c,
-                 vload_upto(g + r * C + c, valid) * vload_upto(s + c, valid) +
-                     vload_upto(x + r * C + c, valid) * vload_upto(t + c, valid),
-                 valid);
+      const vec_t<T> xv = vload_upto(x + r * C + c, valid);
+      const vec_t<T> gs = vload_upto(g + r * C + c, valid) * vload_upto(s + c, valid);
+      if constexpr (GELU) {
+        vec_t<T> a, da;
+        vgelu_parts<T>(xv, &a, &da);
+        // GELU' of a very negative input is tiny (x phi(x) ~ 1e-37 near x = -13): its products are denormals,
+        // which torch's GELU backward never hands on and which slow every later matmul that reads them
+        // (measured: the e2e step's mm 4x slower). Flushed to zero here.
+        const vec_t<T> v = (gs + a * vload_upto(t + c, valid)) * da;
+        const vec_t<T> mag = v < acc_t<T>(0) ? -v : v;
+        vstore_upto(dx + r * C + c, mag < std::numeric_limits<acc_t<T>>::min() ? v * acc_t<T>(0) : v, valid);
+      } else {
+        vstore_upto(dx + r * C + c, gs + xv * vload_upto(t + c, valid), valid);
+      }
     }
   }
 }
 
 #define MMK_GRN_ENTRY(T)                                                                                           \
-  MMK_CPU_CLONES void sum_sq(const T* x, int64_t C, int64_t lo, int64_t hi, acc_t<T>* out) {                     \
-    sum_sq_rows(x, C, lo, hi, out);                                                                                \
+  MMK_CPU_CLONES void sum_sq(const T* x, int64_t C, int64_t lo, int64_t hi, acc_t<T>* out, T* stash) {         \
+    stash ? sum_sq_rows<true>(x, C, lo, hi, out, stash) : sum_sq_rows<false>(x, C, lo, hi, out, stash);           \
   }                                                                                                                \
   MMK_CPU_CLONES void sum_gx_g(const T* g, const T* x, int64_t C, int64_t lo, int64_t hi, acc_t<T>* s1,           \
-                               acc_t<T>* s0) {                                                                     \
-    sum_gx_g_rows(g, x, C, lo, hi, s1, s0);                                                                        \
+                               acc_t<T>* s0, bool gelu) {                                                          \
+    gelu ? sum_gx_g_rows<true>(g, x, C, lo, hi, s1, s0) : sum_gx_g_rows<false>(g, x, C, lo, hi, s1, s0);            \
   }                                                                                                                \
   MMK_CPU_CLONES void affine(const T* a, const acc_t<T>* s, const acc_t<T>* b, int64_t C, int64_t lo, int64_t hi, \
                              T* out) {                                                                             \
     affine_rows(a, s, b, C, lo, hi, out);                                                                          \
   }                                                                                                                \
   MMK_CPU_CLONES void grad(const T* g, const T* x, const acc_t<T>* s, const acc_t<T>* t, int64_t C, int64_t lo,    \
-                           int64_t hi, T* dx) {                                                                    \
-    grad_rows(g, x, s, t, C, lo, hi, dx);                                                                          \
+                           int64_t hi, T* dx, bool gelu) {                                                         \
+    gelu ? grad_rows<true>(g, x, s, t, C, lo, hi, dx) : grad_rows<false>(g, x, s, t, C, lo, hi, dx);               \
   }
 MMK_GRN_ENTRY(float)
 MMK_GRN_ENTRY(double)
@@ -167,8 +207,9 @@ MMK_GRN_ENTRY(c10::Half)
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> grn_cpu(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
-                                           const at::Tensor& offsets, double eps, bool batch_stats) {
+// GRN(x), or GRN(GELU(x)) with gelu (the op gelu_grn: GELU applied on load, its output never stored).
+std::tuple<at::Tensor, at::Tensor> grn_forward(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+                                               const at::Tensor& offsets, double eps, bool batch_stats, bool gelu) {
   check_grn(x, gamma, beta, offsets, eps);
   TORCH_INTERNAL_ASSERT(x.device().is_cpu());
   const int64_t N = x.size(0), C = x.size(1);
@@ -192,12 +233,12 @@ std::tuple<at::Tensor, at::Tensor> grn_cpu(const at::Tensor& x, const at::Tensor
     auto sums = [&](int64_t t) {
       int64_t lo, hi;
       parts.rows(t, &lo, &hi);
-      sum_sq(xp, C, lo, hi, pp + t * C);
+      sum_sq(xp, C, lo, hi, pp + t * C, gelu ? yp : nullptr);
     };
     auto apply = [&](int64_t t) {
       int64_t lo, hi;
       parts.rows(t, &lo, &hi);
-      affine(xp, sc + (t / S) * C, bp, C, lo, hi, yp);
+      affine(gelu ? yp : xp, sc + (t / S) * C, bp, C, lo, hi, yp);  // with gelu: in place on the stash
     };
     // Statistics of group g from its parts' sums: tiny ([C]), in a fixed order.
     auto group_scale = [&](int64_t g) {
@@ -232,10 +273,12 @@ std::tuple<at::Tensor, at::Tensor> grn_cpu(const at::Tensor& x, const at::Tensor
   return {y, gnorm};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
-                                                                const at::Tensor& gamma, const at::Tensor& gnorm,
-                                                                const at::Tensor& offsets, double eps,
-                                                                bool batch_stats, std::array<bool, 3> output_mask) {
+// The gradients of grn_forward (with gelu: x is GELU's input and dx its gradient).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_impl(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                 const at::Tensor& gamma, const at::Tensor& gnorm,
+                                                                 const at::Tensor& offsets, double eps,
+                                                                 bool batch_stats, std::array<bool, 3> output_mask,
+                                                                 bool gelu) {
   check_grn_backward(grad_out, x, gamma, gnorm, offsets, eps, batch_stats);
   TORCH_INTERNAL_ASSERT(x.device().is_cpu());
   // The statistics pass feeds every gradient; the last pass (over all rows) only dx.
@@ -273,12 +316,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(const at::Tensor
     auto sums = [&](int64_t t) {
       int64_t lo, hi;
       parts.rows(t, &lo, &hi);
-      sum_gx_g(gp, xp, C, lo, hi, s1p + t * C, s0p + t * C);
+      sum_gx_g(gp, xp, C, lo, hi, s1p + t * C, s0p + t * C, gelu);
     };
     auto apply = [&](int64_t t) {
       int64_t lo, hi;
       parts.rows(t, &lo, &hi);
-      grad(gp, xp, sc + (t / S) * C, cf + (t / S) * C, C, lo, hi, dxp);
+      grad(gp, xp, sc + (t / S) * C, cf + (t / S) * C, C, lo, hi, dxp, gelu);
     };
     // Group g's coefficients and its dgamma/dbeta contributions from its parts' sums, in a fixed order.
     auto group_coef = [&](int64_t g) {
@@ -343,9 +386,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(const at::Tensor
           output_mask[2] ? dbeta.to(gamma.scalar_type()) : gamma.new_empty({0})};
 }
 
+std::tuple<at::Tensor, at::Tensor> grn_cpu(const at::Tensor& x, const at::Tensor& gamma, const at::Tensor& beta,
+                                           const at::Tensor& offsets, double eps, bool batch_stats) {
+  return grn_forward(x, gamma, beta, offsets, eps, batch_stats, false);
+}
+
+std::tuple<at::Tensor, at::Tensor> gelu_grn_cpu(const at::Tensor& h, const at::Tensor& gamma, const at::Tensor& beta,
+                                                const at::Tensor& offsets, double eps, bool batch_stats) {
+  return grn_forward(h, gamma, beta, offsets, eps, batch_stats, true);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                const at::Tensor& gamma, const at::Tensor& gnorm,
+                                                                const at::Tensor& offsets, double eps,
+                                                                bool batch_stats, std::array<bool, 3> output_mask) {
+  return grn_backward_impl(grad_out, x, gamma, gnorm, offsets, eps, batch_stats, output_mask, false);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gelu_grn_backward_cpu(const at::Tensor& grad_out, const at::Tensor& h,
+                                                                     const at::Tensor& gamma, const at::Tensor& gnorm,
+                                                                     const at::Tensor& offsets, double eps,
+                                                                     bool batch_stats,
+                                                                     std::array<bool, 3> output_mask) {
+  return grn_backward_impl(grad_out, h, gamma, gnorm, offsets, eps, batch_stats, output_mask, true);
+}
+
 TORCH_LIBRARY_IMPL(mmearth_kernels, CPU, m) {
   m.impl("grn", &grn_cpu);
   m.impl("grn_backward", &grn_backward_cpu);
+  m.impl("gelu_grn", &gelu_grn_cpu);
+  m.impl("gelu_grn_backward", &gelu_grn_backward_cpu);
 }
 
 }  // namespace cpu

@@ -6,8 +6,8 @@
 * ``backend="sparse"``: the packed layout end to end (stem to the 7x7 output) with this library's
   ops: submanifold 3x3 stem conv and strided convs as gathers + GEMM, ``sparse_dwconv2d`` and
   ``grn`` kernels; densified into an explicitly shaped ``[B, C, g, g]``.
-* ``backend="sparse-fused"``: ``sparse`` with GELU + GRN as one fused op (Triton on CUDA; on CPU the
-  unfused ops, so the same numbers as ``sparse``). Not the default until GPU measurements say so.
+* ``backend="sparse-fused"``: ``sparse`` with GELU + GRN as one fused op (C++ / Triton) and the patch-tiled
+  depthwise conv where Triton runs. Not the default until GPU measurements say so.
 * ``backend="minkowski"``: the upstream engine (optional; :mod:`.minkowski`).
 * ``backend="dense-plain"``: a plain ConvNeXt V2 with only the input masked, as upstream's
   ``--sparse False``. **Not** equivalent to the others (masked sites fill up after the first

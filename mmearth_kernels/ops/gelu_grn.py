@@ -5,9 +5,9 @@ writes the 4C-wide hidden tensor, GRN reads it twice and writes it once, and aut
 input and its output. Fused, GELU is applied on load (and recomputed in the backward), its output never
 exists: forward 20 -> 12 x C elements per row, backward 32 -> 20, one 4C-wide saved tensor instead of two.
 
-Impls: ``"triton"`` is the fused kernel (``mmearth_kernels/triton_kernels/grn.py`` with ``GELU=True``).
-``"cpu"`` and ``"cuda"`` are not fused yet: they run torch's GELU, then this library's GRN kernel
-(the same numbers as the ``sparse`` backend); ``"ref"`` is :func:`mmearth_kernels.reference.gelu_grn_ref`.
+Impls: ``"triton"`` (``mmearth_kernels/triton_kernels/grn.py`` with ``GELU=True``) and ``"cpu"`` (the C++ GRN
+kernels with a vectorised GELU on load, ``csrc/cpu/grn.cpp``, ``vec_math.h``) are fused; ``"cuda"`` is not yet:
+torch's GELU, then the CUDA GRN kernel; ``"ref"`` is :func:`mmearth_kernels.reference.gelu_grn_ref`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import _extension
 from .. import triton_kernels as _triton
 from ..layout import SparseLayout
 from ..reference import gelu_grn_ref
@@ -22,6 +23,13 @@ from . import _checks, _impl
 from .grn import STATS, _autograd_for, _fake_backward, _fake_forward, _offsets_for, _setup_context, grn
 
 OP = "gelu_grn"  # its CPU/CUDA impls are GELU + the GRN kernel: availability follows grn's (_impl.KERNELS_OF)
+
+if _extension.LOADED:
+    torch.library.register_fake("mmearth_kernels::gelu_grn")(_fake_forward)
+    torch.library.register_fake("mmearth_kernels::gelu_grn_backward")(_fake_backward)
+    torch.library.register_autograd("mmearth_kernels::gelu_grn",
+                                    _autograd_for(torch.ops.mmearth_kernels.gelu_grn_backward),
+                                    setup_context=_setup_context)
 
 if _triton.HAS_TRITON:
 
@@ -55,7 +63,7 @@ def gelu_grn(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, layout: S
         gamma, beta: ``C`` values in any shape (``[C]`` or upstream's ``[1, 1, 1, C]``).
         layout: the :class:`SparseLayout` of h's stage, or its ``[B + 1]`` int32 row offsets.
         eps, stats: as :func:`mmearth_kernels.grn`.
-        impl: ``"auto"`` (fused Triton on CUDA, GELU + the C++ GRN on CPU), ``"ref"``, ``"cpu"``, ``"cuda"``,
+        impl: ``"auto"`` (fused: Triton on CUDA, C++ on CPU), ``"ref"``, ``"cpu"``, ``"cuda"`` (unfused),
             ``"triton"``.
     """
     _checks.check_tensor(h, "h", dim=2)
@@ -79,4 +87,7 @@ def gelu_grn(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, layout: S
     if impl == "triton":
         y, _ = torch.ops.mmearth_kernels.gelu_grn_triton(h, g, b, off, float(eps), stats == "batch")
         return y
-    return grn(F.gelu(h), g, b, off, eps=eps, stats=stats, impl=impl)
+    if impl == "cpu" and _extension.has_kernel("gelu_grn", "CPU"):
+        y, _ = torch.ops.mmearth_kernels.gelu_grn(h, g, b, off, float(eps), stats == "batch")
+        return y
+    return grn(F.gelu(h), g, b, layout, eps=eps, stats=stats, impl=impl)  # the layout as given: checked once
