@@ -88,7 +88,8 @@ def check_targets(tasks, targets, batch: int, img: int, device) -> None:
             raise TypeError(f"target {name!r} must be a torch.Tensor, got {type(v).__name__}")
         if v.device != device:
             raise ValueError(f"target {name!r} is on {v.device} but x is on {device}")
-        want = target_shape(name, batch, img, one_hot=t.classes and t.level == "image" and v.dim() == 2)
+        one_hot = bool(t.classes) and t.level == "image" and v.dim() == 2  # [B, classes] rows instead of indices
+        want = target_shape(name, batch, img, one_hot=one_hot)
         if list(v.shape) != want:
             raise ValueError(f"target {name!r} must be {want} for this model (batch {batch}, {img} px), "
                              f"got {list(v.shape)}")
@@ -96,7 +97,6 @@ def check_targets(tasks, targets, batch: int, img: int, device) -> None:
             raise TypeError(f"target {name!r} must hold integer class indices (-1 = no data), got {v.dtype}")
         if not t.classes and not v.dtype.is_floating_point:
             raise TypeError(f"target {name!r} must be floating point (NaN = no data), got {v.dtype}")
-        one_hot = t.level == "image" and v.dim() == 2
         if t.classes and not one_hot and device.type == "cpu" and v.numel() and not torch.compiler.is_compiling():
             with host_only("class-range check: CPU targets only"):
                 lo, hi = int(v.min()), int(v.max())

@@ -143,7 +143,6 @@ def backward(grad_out, x, weight, row_pos, inv_map, output_mask=(True, True, Tru
     K = weight.shape[-1]
     KK = K * K
     dx, finish = start_backward(x, weight, output_mask)
-
     if N == 0 or C == 0:
         return finish(torch.zeros_like(weight), weight.new_zeros(C))
     w = taps_major(weight)

@@ -187,7 +187,6 @@ def backward(grad_out, x, weight, inv_map, block: int, output_mask=(True, True, 
     K = weight.shape[-1]
     KK = K * K
     dx, finish = start_backward(x, weight, output_mask)
-
     if N == 0 or C == 0:
         return finish(torch.zeros_like(weight), weight.new_zeros(C))
     w = taps_major(weight)
