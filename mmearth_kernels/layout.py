@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -67,9 +68,63 @@ class SparseLayout:
         """``[B, H, W]`` bool, True at active (kept) sites."""
         return self.inv_map >= 0
 
+    @property
+    def patch_table(self) -> PatchTable:
+        """The per-patch table of a layout made of whole blocks (``block`` set), built once per layout and shared
+        by every op that uses it (the patch-tiled depthwise conv, forward and backward, of every block of the
+        stage): see :class:`PatchTable`. Under torch.compile it is rebuilt in the graph instead of cached (the
+        compiler sees the ops and removes the repeats)."""
+        if self.block is None:
+            raise ValueError("patch_table needs a layout made of whole aligned blocks (block set, as build_layout "
+                             "makes it); this layout has block=None")
+        if torch.compiler.is_compiling():
+            return _patch_table(self)
+        table = self.__dict__.get("_patch_table")
+        if table is None:
+            table = _patch_table(self)
+            object.__setattr__(self, "_patch_table", table)  # a cache, not state: the dataclass stays frozen
+        return table
+
     def __repr__(self) -> str:  # tensors would flood the repr
         return (f"SparseLayout(B={self.batch_size}, H={self.height}, W={self.width}, rows={self.num_rows}, "
                 f"rows_per_sample={self.rows_per_sample}, device={self.device})")
+
+
+# Table padding in patches: enough for the largest kernel the ops take (15x15: a halo of 7 px)
+_HALO = 7
+
+
+class PatchTable(NamedTuple):
+    """Where the rows of whole b x b blocks are, per patch: with rows in raster order inside a sample, pixel
+    (i, j) of a kept patch is row ``row0 + i * stride + j``.
+
+    * ``row0``    ``[B, gh + 2P, gw + 2P]`` int32: row of each patch's top-left pixel, -1 for masked patches
+      and for the P = ceil(7 / b) patches of padding around the grid (so a 15x15 halo never needs a bound test);
+    * ``stride``  ``[B, gh + 2P]`` int32: rows between two image lines of a patch row (b x its kept patches);
+    * ``patches`` ``[N / b^2]`` int32: the kept patches (flat ``b * gh * gw + ph * gw + pw``) in row order;
+    * ``pad``     P.
+    Built with static shapes from ``inv_map`` (no host sync)."""
+
+    row0: torch.Tensor
+    stride: torch.Tensor
+    patches: torch.Tensor
+    pad: int
+
+
+def _patch_table(lay: SparseLayout) -> PatchTable:
+    b = lay.block
+    B, H, W = lay.inv_map.shape
+    gh, gw = H // b, W // b
+    P = -(-_HALO // b)
+    top_left = lay.inv_map[:, ::b, ::b]                                        # [B, gh, gw]: row or -1
+    kept = top_left >= 0
+    row0 = torch.full((B, gh + 2 * P, gw + 2 * P), -1, dtype=torch.int32, device=lay.device)
+    row0[:, P:P + gh, P:P + gw] = top_left
+    stride = torch.zeros((B, gh + 2 * P), dtype=torch.int32, device=lay.device)
+    stride[:, P:P + gh] = kept.sum(-1, dtype=torch.int32) * b
+    # kept slots first, in slot order = the row order of their top-left pixels; N / b^2 from shapes alone
+    patches = torch.argsort((~kept).reshape(-1).to(torch.int8), stable=True)[:lay.num_rows // (b * b)]
+    return PatchTable(row0, stride, patches.to(torch.int32), P)
 
 
 def _check_structure(lay: SparseLayout) -> None:

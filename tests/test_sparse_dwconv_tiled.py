@@ -52,23 +52,41 @@ def test_gradcheck_fp64(device, impl):
 @pytest.mark.parametrize("device, impl", TILED)
 def test_opcheck_and_output_mask(device, impl):
     for s in dwconv_samples(device, torch.float32, cases=MASK_CASES):
-        block = s.layout.block
-        torch.library.opcheck(OP.sparse_dwconv2d_tiled_triton.default,
-                              (s.x, s.weight, s.bias, s.layout.inv_map, block))
+        t = s.layout.patch_table
+        table = (t.row0, t.stride, t.patches, t.pad, s.layout.block)
+        torch.library.opcheck(OP.sparse_dwconv2d_tiled_triton.default, (s.x, s.weight, s.bias, *table))
         g = torch.randn_like(s.x)
-        full = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, s.layout.inv_map, block, [True] * 3)
+        full = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, *table, [True] * 3)
         torch.library.opcheck(OP.sparse_dwconv2d_tiled_backward_triton.default,
-                              (g, s.x, s.weight, s.layout.inv_map, block, [True, True, True]))
+                              (g, s.x, s.weight, *table, [True, True, True]))
         for mask in ([True, False, False], [False, True, True], [False, False, True]):
-            part = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, s.layout.inv_map, block, mask)
+            part = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, *table, mask)
             for want, got, asked in zip(full, part, mask):
                 if asked:
                     assert torch.equal(got, want), s.name
                 else:
                     assert got.numel() == 0, s.name
         # deterministic: the weight gradient is summed over tiles in a fixed order
-        again = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, s.layout.inv_map, block, [True] * 3)
+        again = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, *table, [True] * 3)
         assert all(torch.equal(a, b) for a, b in zip(full, again)), s.name
+
+
+def test_patch_table_is_the_row_arithmetic():
+    """Every active site's row is row0 + i * stride + j of its patch; built once per layout (cached)."""
+    for case in MASK_CASES:
+        lay = make_layout(case)
+        t = lay.patch_table
+        assert lay.patch_table is t
+        b, P = lay.block, t.pad
+        assert P * b >= 7
+        for pos, row in zip(lay.row_pos.tolist(), range(lay.num_rows)):
+            s, rem = divmod(pos, lay.height * lay.width)
+            h, w = divmod(rem, lay.width)
+            ph, pw = h // b, w // b
+            assert int(t.row0[s, ph + P, pw + P]) + (h % b) * int(t.stride[s, ph + P]) + w % b == row
+        kept = (lay.inv_map[:, ::b, ::b] >= 0).reshape(-1).nonzero().squeeze(1)
+        assert torch.equal(t.patches.long(), kept), case  # in row order
+        assert (t.row0[:, :P] == -1).all() and (t.row0[:, :, -P:] == -1).all()
 
 
 def test_build_layout_records_the_block():
@@ -101,6 +119,33 @@ def test_patches_tiling_errors():
     loose = mk.SparseLayout(lay.batch_size, lay.height, lay.width, lay.row_pos, lay.inv_map, lay.offsets)
     with pytest.raises(ValueError, match="block=None"):
         mk.sparse_dwconv2d(s.x, s.weight, s.bias, loose, impl="ref", tiling="patches")
+    with pytest.raises(ValueError, match="block=None"):
+        loose.patch_table
     # the reference accepts the tiling (same maths): the same numbers
     torch.testing.assert_close(mk.sparse_dwconv2d(*s.args(), impl="ref", tiling="patches"),
                                mk.sparse_dwconv2d(*s.args(), impl="ref"))
+
+
+@pytest.mark.parametrize("device, impl", TILED)
+def test_compiled_with_the_layout_built_inside(device, impl):
+    """torch.compile(fullgraph=True) with the layout (and so its patch table) built inside the graph, as the
+    encoder does every step; forward and backward equal eager."""
+    torch._dynamo.reset()
+    mask = mk.random_patch_mask(2, 4, 0.75, generator=torch.Generator().manual_seed(4)).to(device)
+
+    def f(x, w, b):
+        lay = mk.build_layout(mask, 12, 4)
+        return mk.sparse_dwconv2d(x, w, b, lay, impl=impl, tiling="patches")
+
+    lay = mk.build_layout(mask, 12, 4)
+    gen = torch.Generator().manual_seed(0)
+    args = [torch.randn(lay.num_rows, 5, generator=gen), torch.randn(5, 1, 3, 3, generator=gen),
+            torch.randn(5, generator=gen)]
+    outs = []
+    for fn in (f, torch.compile(f, fullgraph=True)):
+        leaves = [a.to(device).requires_grad_() for a in args]
+        y = fn(*leaves)
+        y.pow(2).sum().backward()
+        outs.append([y.detach()] + [t.grad for t in leaves])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -93,42 +93,45 @@ if _triton.HAS_TRITON:
 
 if _triton.HAS_TRITON:
     # The patch-tiled kernels (triton_kernels/sparse_dwconv_tiled.py): same maths, neighbours found through the
-    # per-patch table of a layout made of whole blocks (SparseLayout.block), so they take the block size.
+    # layout's per-patch table (SparseLayout.patch_table, built once per layout), passed in as tensors.
 
     @torch.library.custom_op("mmearth_kernels::sparse_dwconv2d_tiled_triton", mutates_args=())
     def sparse_dwconv2d_tiled_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                                     inv_map: torch.Tensor, block: int) -> torch.Tensor:
+                                     row0: torch.Tensor, stride: torch.Tensor, patches: torch.Tensor, pad: int,
+                                     block: int) -> torch.Tensor:
         from ..triton_kernels import sparse_dwconv_tiled as kernels
 
-        return kernels.forward(x, weight, bias, inv_map, block)
+        return kernels.forward(x, weight, bias, row0, stride, patches, pad, block)
 
     @sparse_dwconv2d_tiled_triton.register_fake
-    def _tiled_fake(x, weight, bias, inv_map, block):
+    def _tiled_fake(x, weight, bias, row0, stride, patches, pad, block):
         _fake_checks(x, weight)
         return torch.empty_like(x)
 
     @torch.library.custom_op("mmearth_kernels::sparse_dwconv2d_tiled_backward_triton", mutates_args=())
     def sparse_dwconv2d_tiled_backward_triton(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                                              inv_map: torch.Tensor, block: int, output_mask: list[bool]
+                                              row0: torch.Tensor, stride: torch.Tensor, patches: torch.Tensor,
+                                              pad: int, block: int, output_mask: list[bool]
                                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         from ..triton_kernels import sparse_dwconv_tiled as kernels
 
-        return kernels.backward(grad_out, x, weight, inv_map, block, output_mask)
+        return kernels.backward(grad_out, x, weight, row0, stride, patches, pad, block, output_mask)
 
     @sparse_dwconv2d_tiled_backward_triton.register_fake
-    def _tiled_backward_fake(grad_out, x, weight, inv_map, block, output_mask):
-        return _fake_backward(grad_out, x, weight, None, inv_map, output_mask)
+    def _tiled_backward_fake(grad_out, x, weight, row0, stride, patches, pad, block, output_mask):
+        return _fake_backward(grad_out, x, weight, None, None, output_mask)
 
     def _tiled_setup_context(ctx, inputs, output):
-        x, weight, bias, inv_map, block = inputs
-        ctx.save_for_backward(x, weight, inv_map)
-        ctx.has_bias, ctx.block = bias is not None, block
+        x, weight, bias, row0, stride, patches, pad, block = inputs
+        ctx.save_for_backward(x, weight, row0, stride, patches)
+        ctx.has_bias, ctx.pad, ctx.block = bias is not None, pad, block
 
     def _tiled_backward(ctx, grad):
-        x, weight, inv_map = ctx.saved_tensors
+        x, weight, row0, stride, patches = ctx.saved_tensors
         need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
-        grads = sparse_dwconv2d_tiled_backward_triton(grad.contiguous(), x, weight, inv_map, ctx.block, need)
-        return tuple(g if n else None for g, n in zip(grads, need)) + (None, None)
+        grads = sparse_dwconv2d_tiled_backward_triton(grad.contiguous(), x, weight, row0, stride, patches, ctx.pad,
+                                                      ctx.block, need)
+        return tuple(g if n else None for g, n in zip(grads, need)) + (None,) * 5
 
     sparse_dwconv2d_tiled_triton.register_autograd(_tiled_backward, setup_context=_tiled_setup_context)
 
@@ -176,8 +179,9 @@ def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             raise ValueError(f"tiling='patches' has a Triton kernel (and the reference), not impl={impl!r}: pass "
                              "impl='triton' (or 'ref'), or use tiling='rows'")
         if impl == "triton":
-            return torch.ops.mmearth_kernels.sparse_dwconv2d_tiled_triton(x, weight, bias, layout.inv_map,
-                                                                          layout.block)
+            t = layout.patch_table
+            return torch.ops.mmearth_kernels.sparse_dwconv2d_tiled_triton(x, weight, bias, t.row0, t.stride, t.patches,
+                                                                          t.pad, layout.block)
     if impl == "ref":
         return sparse_dwconv2d_ref(x, weight, bias, layout)
     if impl == "triton":

@@ -4,8 +4,8 @@ FCMAE keeps whole patches: at a stage of block size b (8, 4, 2, 1 at the four st
 site lies in a fully active, aligned b x b block (``SparseLayout.block``). With the rows in raster
 order inside a sample, the row of pixel (i, j) of a kept patch is ``row0 + i * stride + j``, where
 ``row0`` is the row of the patch's top-left pixel and ``stride`` = b x (kept patches in its patch
-row). So a tiny per-patch table (``row0`` per patch, ``stride`` per patch row; ``[B, gh + 2P, gw + 2P]``
-with P = ceil((K // 2) / b) rows and columns of -1 padding, built once per call) replaces the per-tap,
+row). So a tiny per-patch table (``SparseLayout.patch_table``: ``row0`` per patch, ``stride`` per patch row, -1
+padding around the grid; built once per layout) replaces the per-tap,
 per-row ``inv_map`` look-ups of the row-tiled kernels: a program owns TP kept patches (TP * b^2 rows) x
 BLOCK_C channels, and every tap's neighbour row is arithmetic plus a look-up in a table of a few KB
 (L1-resident) that all rows of a patch share. No boundary tests: the padding reads as inactive.
@@ -43,26 +43,6 @@ ROWS_WGRAD = 256  # rows per weight-gradient program (fewer partial slots to wri
 
 def patches_per_program(block: int, rows: int) -> int:
     return max(1, rows // (block * block))
-
-
-def patch_tables(inv_map: torch.Tensor, block: int, num_rows: int, K: int):
-    """``(row0 [B, gh+2P, gw+2P], stride [B, gh+2P], patches [NP], P)`` for a layout of whole b x b blocks.
-
-    ``patches`` lists the kept patches (flat ``b * gh * gw + ph * gw + pw``) in row order; NP = N / b^2
-    comes from the shapes, so nothing is read back to the host."""
-    B, H, W = inv_map.shape
-    gh, gw = H // block, W // block
-    P = -(-(K // 2) // block)
-    top_left = inv_map[:, ::block, ::block]                                   # [B, gh, gw]: row or -1
-    kept = top_left >= 0
-    row0 = torch.full((B, gh + 2 * P, gw + 2 * P), -1, dtype=torch.int32, device=inv_map.device)
-    row0[:, P:P + gh, P:P + gw] = top_left
-    stride = torch.zeros((B, gh + 2 * P), dtype=torch.int32, device=inv_map.device)
-    stride[:, P:P + gh] = kept.sum(-1, dtype=torch.int32) * block
-    NP = num_rows // (block * block)
-    # kept slots first, each group in slot order = the row order of their top-left pixels
-    patches = torch.argsort((~kept).reshape(-1).to(torch.int8), stable=True)[:NP].to(torch.int32)
-    return row0, stride, patches, P
 
 
 @triton.jit
@@ -151,7 +131,8 @@ def _tiled_wgrad_kernel(dy_ptr, x_ptr, row0_ptr, stride_ptr, patches_ptr, dw_par
 
 
 def _launch_gather(x, w_taps, bias, tables, block, K, out):
-    row0, stride, patches, P = tables
+    row0, stride, patches, P = tables  # contiguous (the launchers make them so)
+    assert P * block >= K // 2, "the patch table's padding is smaller than the kernel's halo"
     N, C = x.shape
     _, ghp, gwp = row0.shape
     NP = patches.shape[0]
@@ -166,7 +147,12 @@ def _launch_gather(x, w_taps, bias, tables, block, K, out):
                                ACC=acc_dtype(x.dtype))
 
 
-def forward(x, weight, bias, inv_map, block: int) -> torch.Tensor:
+def _tables(row0, stride, patches, pad):
+    """The kernels index the table as dense arrays: under torch.compile its tensors may arrive with other strides."""
+    return row0.contiguous(), stride.contiguous(), patches.contiguous(), pad
+
+
+def forward(x, weight, bias, row0, stride, patches, pad: int, block: int) -> torch.Tensor:
     assert x.is_contiguous() and weight.is_contiguous(), "x and weight must be contiguous"
     N, C = x.shape
     K = weight.shape[-1]
@@ -175,11 +161,11 @@ def forward(x, weight, bias, inv_map, block: int) -> torch.Tensor:
         return y
     w = taps_major(weight)
     b = bias.to(w.dtype).contiguous() if bias is not None else None
-    _launch_gather(x, w, b, patch_tables(inv_map, block, N, K), block, K, y)
+    _launch_gather(x, w, b, _tables(row0, stride, patches, pad), block, K, y)
     return y
 
 
-def backward(grad_out, x, weight, inv_map, block: int, output_mask=(True, True, True)):
+def backward(grad_out, x, weight, row0, stride, patches, pad: int, block: int, output_mask=(True, True, True)):
     """``(dx, dweight, dbias)``; those whose ``output_mask`` entry is False are not computed (empty tensors)."""
     need_dx, need_dw, need_db = output_mask
     grad_out = grad_out.contiguous()
@@ -190,12 +176,13 @@ def backward(grad_out, x, weight, inv_map, block: int, output_mask=(True, True, 
     if N == 0 or C == 0:
         return finish(torch.zeros_like(weight), weight.new_zeros(C))
     w = taps_major(weight)
-    tables = patch_tables(inv_map, block, N, K)
+    tables = _tables(row0, stride, patches, pad)
+    row0, stride, patches, _ = tables
     if need_dx:  # dx[q] = sum_t w[t] dy[q - o_t] = sum_t w[KK-1-t] dy[q + o_t]: the gather with flipped taps
         _launch_gather(grad_out, w.flip(0).contiguous(), None, tables, block, K, dx)
     if not (need_dw or need_db):
         return finish(None, None)
-    row0, stride, patches, P = tables
+    P = pad
     NP = patches.shape[0]
     TP = patches_per_program(block, ROWS_WGRAD)
     tiles = triton.cdiv(NP, TP)
