@@ -52,7 +52,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_gpu])]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", ["dense", "dense-plain", "sparse"])
+@pytest.mark.parametrize("backend", ["dense", "dense-plain", "sparse", "sparse-fused"])
 def test_a_step_never_waits_for_the_device(backend, device):
     model = _model(backend, device)
     st = _stepper(model, accum=2, clip_grad=1.0)
@@ -240,7 +240,7 @@ def test_cuda_graphs_on_cpu_skip_with_a_message(stem, tmp_path, capsys):
 
 @needs_gpu
 @pytest.mark.cuda
-@pytest.mark.parametrize("backend", ["dense", "sparse"])
+@pytest.mark.parametrize("backend", ["dense", "sparse", "sparse-fused"])
 @pytest.mark.parametrize("accum", [1, 2])
 def test_cuda_graphs_replay_the_eager_step(backend, accum):
     mbs = _micro_batches(_model(backend), 6 * accum, device="cuda")
