@@ -7,8 +7,12 @@ by the same rule as the C++ kernels; a program owns (part, group, channel block)
 * ``_apply_kernel``: ``out = a * s[group] + (b * t[group] if HAS_B else t)`` (forward: a = x,
   t = beta; backward: a = grad, b = x, t = coef).
 
-The per-group statistics between the two passes are tiny ``[groups, C]`` torch ops. So the
-forward reads x twice and writes y once, the backward reads (g, x) twice and writes dx once.
+* ``_fwd_stats_kernel`` / ``_bwd_stats_kernel``: the per-group statistics between the two passes (reduce
+  the parts in order, G, its channel mean, the scale; in the backward also the coefficient and each group's
+  dgamma/dbeta terms), one program per group: one launch where a chain of tiny ``[groups, C]`` torch ops
+  took about 8 forward and 20 backward (launches are what bounds the GPU step, not these bytes).
+
+So the forward reads x twice and writes y once, the backward reads (g, x) twice and writes dx once.
 
 ``GELU=True`` is the fused ``GRN(GELU(h))`` (op ``gelu_grn``): both kernels read the pre-activation h and
 apply the exact (erf) GELU on load, the backward apply multiplies by GELU'(h). GELU's output is never
@@ -100,11 +104,11 @@ def _apply_kernel(a_ptr, b_ptr, s_ptr, t_ptr, offsets_ptr, out_ptr, N, C, S,
     cols = tl.program_id(2).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     lo, hi = _part_rows(offsets_ptr, g, s, S, N, BATCH)
-    sv = tl.load(s_ptr + g * C + cols, mask=cmask, other=0.0)
+    sv = tl.load(s_ptr + g * C + cols, mask=cmask, other=0.0).to(ACC)
     if HAS_B:
-        tv = tl.load(t_ptr + g * C + cols, mask=cmask, other=0.0)
-    else:
-        tv = tl.load(t_ptr + cols, mask=cmask, other=0.0)
+        tv = tl.load(t_ptr + g * C + cols, mask=cmask, other=0.0).to(ACC)
+    else:  # beta in its own dtype
+        tv = tl.load(t_ptr + cols, mask=cmask, other=0.0).to(ACC)
     for r0 in range(lo, hi, BLOCK_R):
         rows = r0 + tl.arange(0, BLOCK_R)
         m = (rows < hi)[:, None] & cmask[None, :]
@@ -121,6 +125,75 @@ def _apply_kernel(a_ptr, b_ptr, s_ptr, t_ptr, offsets_ptr, out_ptr, N, C, S,
                 av = _gelu(av)
             v = av * sv[None, :] + tv[None, :]
         tl.store(out_ptr + off, v.to(out_ptr.dtype.element_ty), mask=m)
+
+
+_STATS_BLOCK = 512  # channels per step of the statistics kernels (C up to 3072 at tiny's last stage)
+
+
+@triton.jit
+def _fwd_stats_kernel(part_ptr, gamma_ptr, gnorm_ptr, scale_ptr, S, C, eps, ACC: tl.constexpr,
+                      BLOCK_C: tl.constexpr):
+    """gnorm[g] = sqrt(sum_s part[g, s]); scale[g] = 1 + gamma * gnorm[g] / (mean_c gnorm[g] + eps)."""
+    g = tl.program_id(0).to(tl.int64)
+    total = tl.zeros((BLOCK_C,), dtype=ACC)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        acc = tl.zeros((BLOCK_C,), dtype=ACC)
+        for k in range(0, S):  # the parts in order: deterministic
+            acc += tl.load(part_ptr + (g * S + k) * C + cols, mask=cmask, other=0.0)
+        gn = tl.sqrt(acc)
+        tl.store(gnorm_ptr + g * C + cols, gn, mask=cmask)
+        total += gn
+    denom = tl.sum(total, axis=0) / tl.maximum(C, 1) + eps
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        gn = tl.load(gnorm_ptr + g * C + cols, mask=cmask, other=0.0)
+        ga = tl.load(gamma_ptr + cols, mask=cmask, other=0.0).to(ACC)
+        tl.store(scale_ptr + g * C + cols, 1.0 + ga * (gn / denom), mask=cmask)
+
+
+@triton.jit
+def _bwd_stats_kernel(s1p_ptr, s0p_ptr, gamma_ptr, gnorm_ptr, scale_ptr, coef_ptr, dg_ptr, db_ptr, S, C, eps,
+                      ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per group g, from the parts' sums s1 = sum g*x and s0 = sum g: scale = 1 + gamma Nx, the coefficient
+    dL/dG / G of x in dx (0 where G = 0), and the group's terms of dgamma (s1 Nx) and dbeta (s0)."""
+    g = tl.program_id(0).to(tl.int64)
+    sum_g = tl.zeros((BLOCK_C,), dtype=ACC)
+    sum_ag = tl.zeros((BLOCK_C,), dtype=ACC)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        s1 = tl.zeros((BLOCK_C,), dtype=ACC)
+        s0 = tl.zeros((BLOCK_C,), dtype=ACC)
+        for k in range(0, S):
+            s1 += tl.load(s1p_ptr + (g * S + k) * C + cols, mask=cmask, other=0.0)
+            s0 += tl.load(s0p_ptr + (g * S + k) * C + cols, mask=cmask, other=0.0)
+        gn = tl.load(gnorm_ptr + g * C + cols, mask=cmask, other=0.0)
+        ga = tl.load(gamma_ptr + cols, mask=cmask, other=0.0).to(ACC)
+        tl.store(dg_ptr + g * C + cols, s1, mask=cmask)  # s1 for now; s1 * Nx below
+        tl.store(db_ptr + g * C + cols, s0, mask=cmask)
+        sum_g += gn
+        sum_ag += ga * s1 * gn
+    denom = tl.sum(sum_g, axis=0) / tl.maximum(C, 1) + eps
+    ag = tl.sum(sum_ag, axis=0)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        s1 = tl.load(dg_ptr + g * C + cols, mask=cmask, other=0.0)
+        gn = tl.load(gnorm_ptr + g * C + cols, mask=cmask, other=0.0)
+        ga = tl.load(gamma_ptr + cols, mask=cmask, other=0.0).to(ACC)
+        nx = gn / denom
+        # dL/dNx = gamma s1; dL/dG[k] = gamma_k s1_k / D - sum_c gamma_c s1_c G_c / (C D^2); dG/dx = x / G
+        dldg = ga * s1 / denom - ag / (tl.maximum(C, 1) * denom * denom)
+        tl.store(coef_ptr + g * C + cols, tl.where(gn > 0, dldg / tl.where(gn > 0, gn, 1.0), 0.0), mask=cmask)
+        tl.store(scale_ptr + g * C + cols, 1.0 + ga * nx, mask=cmask)
+        tl.store(dg_ptr + g * C + cols, s1 * nx, mask=cmask)
+
+
+def _stats_block(C):
+    return min(_STATS_BLOCK, triton.next_power_of_2(max(C, 1)))
 
 
 def _geometry(x, offsets, batch_stats):
@@ -144,11 +217,12 @@ def forward(x, gamma, beta, offsets, eps: float, batch_stats: bool, gelu: bool =
     if C > 0:
         _sums_kernel[_grid(S, G, C)](x, x, offsets, part, part, N, C, S, BATCH=batch_stats, HAS_B=False, GELU=gelu,
                                      ACC=ACC)
-    gnorm = part.view(G, S, C).sum(1).sqrt()
-    denom = gnorm.mean(dim=-1, keepdim=True) + eps if C > 0 else gnorm.new_full((G, 1), eps)
-    scale = (1 + gamma.to(acc) * (gnorm / denom)).contiguous()
+    gnorm = torch.empty(G, C, dtype=acc, device=x.device)
+    scale = torch.empty(G, C, dtype=acc, device=x.device)
     if C > 0:
-        _apply_kernel[_grid(S, G, C)](x, x, scale, beta.to(acc).contiguous(), offsets, y, N, C, S,
+        _fwd_stats_kernel[(G,)](part, gamma.contiguous(), gnorm, scale, S, C, float(eps), ACC=ACC,
+                                BLOCK_C=_stats_block(C))
+        _apply_kernel[_grid(S, G, C)](x, x, scale, beta.contiguous(), offsets, y, N, C, S,
                                       BATCH=batch_stats, HAS_B=False, GELU=gelu, ACC=ACC)
     return y, gnorm
 
@@ -168,18 +242,18 @@ def backward(grad_out, x, gamma, gnorm, offsets, eps: float, batch_stats: bool, 
     if C > 0:
         _sums_kernel[_grid(S, G, C)](grad_out, x, offsets, s1p, s0p, N, C, S, BATCH=batch_stats, HAS_B=True,
                                      GELU=gelu, ACC=ACC)
-    s1 = s1p.view(G, S, C).sum(1)
-    s0 = s0p.view(G, S, C).sum(1)
-    ga = gamma.to(acc)
-    denom = gnorm.mean(dim=-1, keepdim=True) + eps if C > 0 else gnorm.new_full((G, 1), eps)
-    nx = gnorm / denom
-    a = ga * s1                                                      # dL/dNx
-    dldg = a / denom - (a * gnorm).sum(-1, keepdim=True) / (max(C, 1) * denom * denom)
-    coef = torch.where(gnorm > 0, dldg / torch.where(gnorm > 0, gnorm, 1), 0).contiguous()  # G = 0: no gradient
-    scale = (1 + ga * nx).contiguous()
+    scale = torch.empty(G, C, dtype=acc, device=x.device)
+    coef = torch.empty(G, C, dtype=acc, device=x.device)
+    dg = torch.empty(G, C, dtype=acc, device=x.device)  # every element written when C > 0
+    db = torch.empty(G, C, dtype=acc, device=x.device)
+    if C > 0:
+        _bwd_stats_kernel[(G,)](s1p, s0p, gamma.contiguous(), gnorm.contiguous(), scale, coef, dg, db, S, C,
+                                float(eps), ACC=ACC,
+                                BLOCK_C=_stats_block(C))
     if C > 0 and need_dx:
         _apply_kernel[_grid(S, G, C)](grad_out, x, scale, coef, offsets, dx, N, C, S, BATCH=batch_stats, HAS_B=True,
                                       GELU=gelu, ACC=ACC)
-    dgamma = (s1 * nx).sum(0).to(gamma.dtype) if need_dgamma else gamma.new_empty(0)
-    dbeta = s0.sum(0).to(gamma.dtype) if need_dbeta else gamma.new_empty(0)
+    # sums over groups: torch's reduction along a dim is deterministic (no atomics)
+    dgamma = dg.sum(0).to(gamma.dtype) if need_dgamma else gamma.new_empty(0)
+    dbeta = db.sum(0).to(gamma.dtype) if need_dbeta else gamma.new_empty(0)
     return dx, dgamma, dbeta
