@@ -16,7 +16,6 @@ shapes alone and the builder never synchronises with the device.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -231,19 +230,22 @@ def build_layout(mask: torch.Tensor, resolution: int | tuple[int, int], kept_per
     active = (~mask).repeat_interleave(bh, dim=1).repeat_interleave(bw, dim=2)  # [B, H, W]
     block = bh if bh == bw else None
     if kept_per_sample is None:
-        return dataclasses.replace(layout_from_active(active), block=block)
+        return layout_from_active(active, block=block)
     if not 0 <= kept_per_sample <= gh * gw:
         raise ValueError(f"kept_per_sample must be in [0, {gh * gw}], got {kept_per_sample}")
     check_kept(mask, kept_per_sample, "kept_per_sample")  # CPU masks; on a GPU the caller's promise
-    return dataclasses.replace(layout_from_active(active, rows_per_sample=kept_per_sample * bh * bw), block=block)
+    return layout_from_active(active, rows_per_sample=kept_per_sample * bh * bw, block=block)
 
 
-def layout_from_active(active: torch.Tensor, rows_per_sample: int | None = None) -> SparseLayout:
+def layout_from_active(active: torch.Tensor, rows_per_sample: int | None = None, block: int | None = None
+                       ) -> SparseLayout:
     """Layout from a ``[B, H, W]`` bool map of active sites.
 
     With ``rows_per_sample`` (the same count R in every sample) everything is computed with
     static shapes: a running count gives each active site its rank, and a scatter writes the
     positions; inactive sites are sent to a spare column that is then dropped.
+    ``block``: set only by callers that know the active set is made of whole aligned b x b blocks
+    (:func:`build_layout`); it is trusted, not checked.
     """
     if active.dim() != 3 or active.dtype != torch.bool:
         raise ValueError(f"active must be a [B, H, W] bool tensor, got {tuple(active.shape)} {active.dtype}")
@@ -265,7 +267,7 @@ def layout_from_active(active: torch.Tensor, rows_per_sample: int | None = None)
         first = torch.arange(B, dtype=torch.int32, device=dev)[:, None] * R
         inv_map = torch.where(flat, rank + first, torch.full_like(rank, -1)).view(B, H, W)
         offsets = torch.arange(B + 1, dtype=torch.int32, device=dev) * R
-        return SparseLayout(B, H, W, row_pos, inv_map, offsets, rows_per_sample=R, trusted=True)
+        return SparseLayout(B, H, W, row_pos, inv_map, offsets, rows_per_sample=R, trusted=True, block=block)
     # Variable counts: data-dependent N (one host sync), as any sparse library needs.
     counts = flat.sum(1, dtype=torch.int32)
     offsets = torch.zeros(B + 1, dtype=torch.int32, device=dev)
@@ -273,7 +275,7 @@ def layout_from_active(active: torch.Tensor, rows_per_sample: int | None = None)
     row_pos = flat.reshape(-1).nonzero().squeeze(1).to(torch.int32)
     rank = flat.reshape(-1).to(torch.int32).cumsum(0, dtype=torch.int32) - 1
     inv_map = torch.where(flat.reshape(-1), rank, torch.full_like(rank, -1)).view(B, H, W)
-    return SparseLayout(B, H, W, row_pos, inv_map, offsets, rows_per_sample=None, trusted=True)
+    return SparseLayout(B, H, W, row_pos, inv_map, offsets, rows_per_sample=None, trusted=True, block=block)
 
 
 def _check_rows(x: torch.Tensor, layout: SparseLayout, name: str = "x") -> None:
