@@ -47,6 +47,12 @@ TORCH_LIBRARY(mmearth_kernels, m) {
   m.def(
       "sparse_dwconv2d_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor row_pos, Tensor inv_map,"
       " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // The depthwise conv and the LayerNorm that follows it in a ConvNeXt block, one pass: returns (y, y1, mean, rstd)
+  // with y1 the conv's output (kept for the LayerNorm backward) and mean/rstd [N] its per-row statistics in the
+  // accumulation type. No backward op: the backward is aten's LayerNorm backward, then sparse_dwconv2d_backward.
+  m.def(
+      "sparse_dwconv2d_ln(Tensor x, Tensor weight, Tensor? bias, Tensor ln_weight, Tensor ln_bias, Tensor row_pos,"
+      " Tensor inv_map, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
   // GRN on rows grouped by sample; returns (y, gnorm) where gnorm [groups, C] is the L2 norm G (fp32/fp64).
   m.def("grn(Tensor x, Tensor gamma, Tensor beta, Tensor offsets, float eps, bool batch_stats) -> (Tensor, Tensor)");
   // Returns (grad_x, grad_gamma, grad_beta); output_mask as for sparse_dwconv2d_backward.

@@ -13,7 +13,7 @@ from . import _extension
 from ._extension import built_with_cuda
 from .layout import SparseLayout, build_layout, from_dense, layout_from_active, to_dense
 from .masking import num_kept, random_patch_mask
-from .ops import IMPLS, available_impls, gelu_grn, grn, sparse_dwconv2d
+from .ops import IMPLS, available_impls, gelu_grn, grn, sparse_dwconv2d, sparse_dwconv2d_ln
 
 EXTENSION_LOADED = _extension.LOADED
 
@@ -32,5 +32,6 @@ __all__ = [
     "num_kept",
     "random_patch_mask",
     "sparse_dwconv2d",
+    "sparse_dwconv2d_ln",
     "to_dense",
 ]

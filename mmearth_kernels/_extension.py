@@ -36,7 +36,8 @@ def cpu_threads_used() -> int:
     return int(torch.ops.mmearth_kernels.cpu_threads_used()) if LOADED else 0
 
 
-OPS = ("sparse_dwconv2d", "sparse_dwconv2d_backward", "grn", "grn_backward", "gelu_grn", "gelu_grn_backward")
+OPS = ("sparse_dwconv2d", "sparse_dwconv2d_backward", "grn", "grn_backward", "gelu_grn", "gelu_grn_backward",
+       "sparse_dwconv2d_ln")
 # Asked once at import: the dispatcher query is not traceable by torch.compile, a dict lookup is.
 _KERNELS = {
     (op, key): LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", key)

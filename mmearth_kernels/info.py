@@ -7,7 +7,7 @@ import torch
 from . import _extension
 from .ops import available_impls
 
-OPS = ("sparse_dwconv2d", "grn", "gelu_grn")
+OPS = ("sparse_dwconv2d", "sparse_dwconv2d_ln", "grn", "gelu_grn")
 
 
 def main() -> None:

@@ -25,6 +25,13 @@ def sparse_dwconv2d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
     return from_dense(y, layout)  # keeping active rows only = the outer a *
 
 
+def sparse_dwconv2d_ln_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ln_weight: torch.Tensor,
+                           ln_bias: torch.Tensor, layout: SparseLayout, eps: float = 1e-6) -> torch.Tensor:
+    """The depthwise conv, then a LayerNorm over the channels of each row: ``LN(sparse_dwconv2d(x))``."""
+    y = sparse_dwconv2d_ref(x, weight, bias, layout)
+    return F.layer_norm(y, (y.shape[-1],), ln_weight, ln_bias, eps)
+
+
 def _group_ids(n_rows: int, offsets: torch.Tensor, batch_stats: bool) -> tuple[torch.Tensor, int]:
     rows = torch.arange(n_rows, device=offsets.device)
     if batch_stats:

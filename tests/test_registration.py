@@ -9,7 +9,8 @@ import mmearth_kernels as mk
 from mmearth_kernels import _extension
 
 OPS = ["sparse_dwconv2d", "sparse_dwconv2d_backward", "grn", "grn_backward"]
-CPU_ONLY_OPS = ["gelu_grn", "gelu_grn_backward"]  # fused on CPU; on CUDA the Triton twin (or GELU + GRN)
+# fused on CPU; on CUDA the Triton twin (or the unfused pair)
+CPU_ONLY_OPS = ["gelu_grn", "gelu_grn_backward", "sparse_dwconv2d_ln"]
 SCHEMAS = {
     "sparse_dwconv2d": "mmearth_kernels::sparse_dwconv2d(Tensor x, Tensor weight, Tensor? bias, Tensor row_pos, "
                        "Tensor inv_map) -> Tensor",
@@ -17,6 +18,9 @@ SCHEMAS = {
            "-> (Tensor, Tensor)",
     "gelu_grn": "mmearth_kernels::gelu_grn(Tensor h, Tensor gamma, Tensor beta, Tensor offsets, float eps, "
                 "bool batch_stats) -> (Tensor, Tensor)",
+    "sparse_dwconv2d_ln": "mmearth_kernels::sparse_dwconv2d_ln(Tensor x, Tensor weight, Tensor? bias, "
+                          "Tensor ln_weight, Tensor ln_bias, Tensor row_pos, Tensor inv_map, float eps) "
+                          "-> (Tensor, Tensor, Tensor, Tensor)",
 }
 
 

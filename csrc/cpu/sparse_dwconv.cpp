@@ -8,6 +8,8 @@
 // per-part fp32 partials that a second pass sums in a fixed order: no atomics, deterministic.
 #include <ATen/Parallel.h>
 #include <array>
+#include <cmath>
+#include <utility>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
@@ -147,6 +149,83 @@ MMK_INLINE void fwd_rows_impl(const DwFwdArgs<T>& a, int64_t begin, int64_t end)
   }
 }
 
+// The LayerNorm that follows the conv in a ConvNeXt block (sparse_dwconv2d_ln): per row, over C.
+template <typename T>
+struct LnArgs {
+  const acc_t<T>* weight;  // [C]
+  const acc_t<T>* bias;    // [C]
+  acc_t<T> eps;
+  T* y;                    // [N, C] the normalised output (DwFwdArgs::y holds the conv's output y1)
+  acc_t<T>* mean;          // [N]
+  acc_t<T>* rstd;          // [N]
+};
+
+// Sum of a row's whole vectors, f(v) of each, in four independent accumulators: one accumulator would chain
+// every add on the previous one (latency-bound, ~4 cycles per vector) where the row is in L1 anyway.
+template <typename T, typename F>
+MMK_INLINE acc_t<T> row_sum(const T* r, int64_t CV, F f) {
+  using V = vec_t<T>;
+  constexpr int L = lanes<T>();
+  V s0 = {}, s1 = {}, s2 = {}, s3 = {};
+  int64_t c = 0;
+  for (; c + 4 * L <= CV; c += 4 * L) {
+    s0 += f(vload(r + c));
+    s1 += f(vload(r + c + L));
+    s2 += f(vload(r + c + 2 * L));
+    s3 += f(vload(r + c + 3 * L));
+  }
+  for (; c < CV; c += L) s0 += f(vload(r + c));
+  const V s = (s0 + s1) + (s2 + s3);
+  acc_t<T> out = 0;
+  for (int i = 0; i < L; ++i) out += s[i];
+  return out;
+}
+
+// LayerNorm of one row just written to y1r (still in L1): it reads the row's *stored* values, rounded to T,
+// as the unfused LayerNorm would. Two passes over the row for the variance (no cancellation), whole vectors
+// then a scalar tail (zero-filled tail lanes would enter the centred sum).
+template <typename T>
+MMK_INLINE void ln_row(const LnArgs<T>& ln, const T* y1r, int64_t C, int64_t p) {
+  using A = acc_t<T>;
+  using V = vec_t<T>;
+  constexpr int L = lanes<T>();
+  const int64_t CV = C / L * L;
+  A sum = row_sum<T>(y1r, CV, [](V v) { return v; });
+  for (int64_t c = CV; c < C; ++c) sum += static_cast<A>(y1r[c]);
+  const A mean = sum / static_cast<A>(C);
+  A sq = row_sum<T>(y1r, CV, [mean](V v) {
+    const V d = v - mean;
+    return d * d;
+  });
+  for (int64_t c = CV; c < C; ++c) {
+    const A d = static_cast<A>(y1r[c]) - mean;
+    sq += d * d;
+  }
+  const A rstd = A(1) / std::sqrt(sq / static_cast<A>(C) + ln.eps);
+  T* yr = ln.y + p * C;
+  for (int64_t c = 0; c < CV; c += L) {
+    vstore(yr + c, (vload(y1r + c) - mean) * (rstd * vload(ln.weight + c)) + vload(ln.bias + c));
+  }
+  for (int64_t c = CV; c < C; ++c) {
+    yr[c] = static_cast<T>((static_cast<A>(y1r[c]) - mean) * (rstd * ln.weight[c]) + ln.bias[c]);
+  }
+  ln.mean[p] = mean;
+  ln.rstd[p] = rstd;
+}
+
+// The conv of a row, then its LayerNorm while the row is in L1: the unfused pair reads y1 back from memory.
+template <typename T>
+MMK_INLINE void fwd_ln_rows_impl(const DwFwdArgs<T>& a, const LnArgs<T>& ln, int64_t begin, int64_t end) {
+  int32_t nbr[kMaxTaps];
+  int32_t tap[kMaxTaps];
+  for (int64_t p = begin; p < end; ++p) {
+    const index::Site s = index::decode(a.row_pos[p], a.B, a.H, a.W);
+    const int n = gather_neighbours(a.inv_map, s, a.N, a.H, a.W, a.K, +1, nbr, tap);
+    for_channel_blocks<T>(a.C, FwdBody<T>{a, n, nbr, tap, a.y + p * a.C});
+    ln_row(ln, a.y + p * a.C, a.C, p);
+  }
+}
+
 // NEED_DX false: only the weight and bias gradients (the input does not require grad).
 template <int U, bool TAIL, bool NEED_DX, typename T>
 MMK_INLINE void bwd_block(const DwBwdArgs<T>& a, int64_t q, int n, const int32_t* nbr, const int32_t* tap,
@@ -211,6 +290,9 @@ MMK_INLINE void bwd_rows_impl(const DwBwdArgs<T>& a, int64_t begin, int64_t end,
   MMK_CPU_CLONES void fwd_rows(const DwFwdArgs<T>& a, int64_t begin, int64_t end) {                            \
     fwd_rows_impl(a, begin, end);                                                                                \
   }                                                                                                              \
+  MMK_CPU_CLONES void fwd_ln_rows(const DwFwdArgs<T>& a, const LnArgs<T>& ln, int64_t begin, int64_t end) {     \
+    fwd_ln_rows_impl(a, ln, begin, end);                                                                         \
+  }                                                                                                              \
   MMK_CPU_CLONES void bwd_rows(const DwBwdArgs<T>& a, int64_t begin, int64_t end, acc_t<T>* dwp, acc_t<T>* dbp) { \
     bwd_rows_impl<true>(a, begin, end, dwp, dbp);                                                                \
   }                                                                                                              \
@@ -248,6 +330,38 @@ at::Tensor sparse_dwconv2d_cpu(const at::Tensor& x, const at::Tensor& weight, co
     at::parallel_for(0, N, kFwdGrain, [&](int64_t begin, int64_t end) { fwd_rows(a, begin, end); });
   });
   return y;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_ln_cpu(
+    const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias, const at::Tensor& ln_weight,
+    const at::Tensor& ln_bias, const at::Tensor& row_pos, const at::Tensor& inv_map, double eps) {
+  check_sparse_dwconv(x, weight, bias, row_pos, inv_map);
+  TORCH_INTERNAL_ASSERT(x.device().is_cpu());
+  const int64_t N = x.size(0), C = x.size(1), K = weight.size(2);
+  for (const auto& [t, name] : {std::pair{&ln_weight, "ln_weight"}, std::pair{&ln_bias, "ln_bias"}}) {
+    check_same(*t, x, "sparse_dwconv2d_ln", name, "x");
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == C, "sparse_dwconv2d_ln: ", name, " must have shape [", C, "], got ",
+                t->sizes());
+  }
+  TORCH_CHECK(eps >= 0, "sparse_dwconv2d_ln: eps must be >= 0, got ", eps);
+  check_layout_values_cpu(row_pos, inv_map, "sparse_dwconv2d_ln");
+  const at::Tensor w = taps_major(weight);
+  const auto acc = w.scalar_type();
+  const at::Tensor b = bias.has_value() ? bias->to(acc).contiguous() : at::Tensor();
+  const at::Tensor lw = ln_weight.to(acc).contiguous(), lb = ln_bias.to(acc).contiguous();
+  at::Tensor y1 = at::empty_like(x), y = at::empty_like(x);
+  at::Tensor mean = at::empty({N}, x.options().dtype(acc)), rstd = at::empty({N}, x.options().dtype(acc));
+  if (N == 0 || C == 0) return {y, y1, mean.fill_(0), rstd.fill_(0)};  // C = 0: no statistics to take
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sparse_dwconv2d_ln_cpu", [&] {
+    using A = acc_t<scalar_t>;
+    const DwFwdArgs<scalar_t> a{x.data_ptr<scalar_t>(), w.data_ptr<A>(), b.defined() ? b.data_ptr<A>() : nullptr,
+                                row_pos.data_ptr<int32_t>(), inv_map.data_ptr<int32_t>(), inv_map.size(0), N,
+                                inv_map.size(1), inv_map.size(2), K, C, y1.data_ptr<scalar_t>()};
+    const LnArgs<scalar_t> ln{lw.data_ptr<A>(), lb.data_ptr<A>(), static_cast<A>(eps), y.data_ptr<scalar_t>(),
+                              mean.data_ptr<A>(), rstd.data_ptr<A>()};
+    at::parallel_for(0, N, kFwdGrain, [&](int64_t begin, int64_t end) { fwd_ln_rows(a, ln, begin, end); });
+  });
+  return {y, y1, mean, rstd};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cpu(const at::Tensor& grad_out,
@@ -307,6 +421,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cpu(cons
 TORCH_LIBRARY_IMPL(mmearth_kernels, CPU, m) {
   m.impl("sparse_dwconv2d", &sparse_dwconv2d_cpu);
   m.impl("sparse_dwconv2d_backward", &sparse_dwconv2d_backward_cpu);
+  m.impl("sparse_dwconv2d_ln", &sparse_dwconv2d_ln_cpu);
 }
 
 }  // namespace cpu

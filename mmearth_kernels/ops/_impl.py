@@ -25,8 +25,9 @@ AUTO_ORDER = {
 }
 
 
-# Composite ops whose compiled impls are another op's kernels (gelu_grn's CPU/CUDA impls: GELU + GRN kernel).
-KERNELS_OF = {"gelu_grn": "grn"}
+# Ops whose impls are available where another op's kernels are (gelu_grn's CUDA impl: GELU + the GRN kernel;
+# sparse_dwconv2d_ln's: the conv kernel + F.layer_norm).
+KERNELS_OF = {"gelu_grn": "grn", "sparse_dwconv2d_ln": "sparse_dwconv2d"}
 
 
 def available_impls(op: str, device: torch.device | str) -> list[str]:

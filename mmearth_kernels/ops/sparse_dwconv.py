@@ -138,6 +138,41 @@ if _triton.HAS_TRITON:
 TILINGS = ("rows", "patches")
 
 
+def check_args(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout):
+    """The checks of :func:`sparse_dwconv2d` (also :func:`sparse_dwconv2d_ln`'s); returns ``(weight, bias)`` cast
+    to x's dtype under autocast."""
+    _checks.check_tensor(x, "x", dim=2)
+    _check_rows(x, layout)
+    C = x.shape[1]
+    weight, bias = _checks.autocast_params(x, weight, bias)
+    _checks.check_tensor(weight, "weight", dim=4, like=x)
+    if weight.shape[0] != C or weight.shape[1] != 1:
+        raise ValueError(f"weight must have shape [C, 1, K, K] with C = {C} (x's channels), got {tuple(weight.shape)}")
+    K = weight.shape[2]
+    if weight.shape[3] != K:
+        raise ValueError(f"weight must be square [C, 1, K, K], got {tuple(weight.shape)}")
+    if K % 2 == 0 or K > MAX_KERNEL_SIZE:
+        raise ValueError(f"kernel size must be odd and at most {MAX_KERNEL_SIZE} (a centred 'same' conv), got {K}")
+    if bias is not None:
+        _checks.check_tensor(bias, "bias", shape=(C,), like=x)
+    return weight, bias
+
+
+def resolve(impl: str, tiling: str, layout: SparseLayout, device: torch.device) -> str:
+    """The concrete impl for ``impl`` and ``tiling`` (``"patches"`` has a Triton kernel and the reference)."""
+    if tiling not in TILINGS:
+        raise ValueError(f"tiling must be one of {TILINGS}, got {tiling!r}")
+    impl = _impl.resolve(OP, impl, device)
+    if tiling == "patches":
+        if layout.block is None:
+            raise ValueError("tiling='patches' needs a layout made of whole aligned blocks (layout.block set, as "
+                             "build_layout makes it); this layout has block=None: use tiling='rows'")
+        if impl not in ("ref", "triton"):
+            raise ValueError(f"tiling='patches' has a Triton kernel (and the reference), not impl={impl!r}: pass "
+                             "impl='triton' (or 'ref'), or use tiling='rows'")
+    return impl
+
+
 def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: SparseLayout,
                     impl: str = "auto", tiling: str = "rows") -> torch.Tensor:
     """Depthwise conv over the active sites of ``layout``.
@@ -154,34 +189,12 @@ def sparse_dwconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     Returns:
         ``[N, C]`` in x's dtype.
     """
-    _checks.check_tensor(x, "x", dim=2)
-    _check_rows(x, layout)
-    C = x.shape[1]
-    weight, bias = _checks.autocast_params(x, weight, bias)
-    _checks.check_tensor(weight, "weight", dim=4, like=x)
-    if weight.shape[0] != C or weight.shape[1] != 1:
-        raise ValueError(f"weight must have shape [C, 1, K, K] with C = {C} (x's channels), got {tuple(weight.shape)}")
-    K = weight.shape[2]
-    if weight.shape[3] != K:
-        raise ValueError(f"weight must be square [C, 1, K, K], got {tuple(weight.shape)}")
-    if K % 2 == 0 or K > MAX_KERNEL_SIZE:
-        raise ValueError(f"kernel size must be odd and at most {MAX_KERNEL_SIZE} (a centred 'same' conv), got {K}")
-    if bias is not None:
-        _checks.check_tensor(bias, "bias", shape=(C,), like=x)
-    if tiling not in TILINGS:
-        raise ValueError(f"tiling must be one of {TILINGS}, got {tiling!r}")
-    impl = _impl.resolve(OP, impl, x.device)
-    if tiling == "patches":
-        if layout.block is None:
-            raise ValueError("tiling='patches' needs a layout made of whole aligned blocks (layout.block set, as "
-                             "build_layout makes it); this layout has block=None: use tiling='rows'")
-        if impl not in ("ref", "triton"):
-            raise ValueError(f"tiling='patches' has a Triton kernel (and the reference), not impl={impl!r}: pass "
-                             "impl='triton' (or 'ref'), or use tiling='rows'")
-        if impl == "triton":
-            t = layout.patch_table
-            return torch.ops.mmearth_kernels.sparse_dwconv2d_tiled_triton(x, weight, bias, t.row0, t.stride, t.patches,
-                                                                          t.pad, layout.block)
+    weight, bias = check_args(x, weight, bias, layout)
+    impl = resolve(impl, tiling, layout, x.device)
+    if tiling == "patches" and impl == "triton":
+        t = layout.patch_table
+        return torch.ops.mmearth_kernels.sparse_dwconv2d_tiled_triton(x, weight, bias, t.row0, t.stride, t.patches,
+                                                                      t.pad, layout.block)
     if impl == "ref":
         return sparse_dwconv2d_ref(x, weight, bias, layout)
     if impl == "triton":

@@ -29,3 +29,13 @@ def reduce_parts(dw_part: torch.Tensor, db_part: torch.Tensor, weight: torch.Ten
     C, _, K, _ = weight.shape
     dw = dw_part.sum(0).t().reshape(C, 1, K, K).to(weight.dtype).contiguous()
     return dw, db_part.sum(0).to(weight.dtype)
+
+
+def ln_outputs(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor):
+    """The fused conv + LayerNorm's outputs to fill, ``(y, y1, mean, rstd)`` (statistics ``[N]`` in the accumulation
+    dtype; zero for an empty input), and the LayerNorm parameters in that dtype."""
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    N = x.shape[0]
+    stats = torch.empty if N and x.shape[1] else torch.zeros
+    return (torch.empty_like(x), torch.empty_like(x), stats(N, dtype=acc, device=x.device),
+            stats(N, dtype=acc, device=x.device), ln_weight.to(acc).contiguous(), ln_bias.to(acc).contiguous())

@@ -19,7 +19,8 @@ import triton.language as tl
 
 from .._constants import dwconv_parts
 from . import acc_dtype, autotune_configs
-from ._dwconv_common import reduce_parts, start_backward, taps_major
+from ._dwconv_common import ln_outputs, reduce_parts, start_backward, taps_major
+from ._layernorm import merge_stats, normalise_rows
 
 # Short lists on purpose: every config is a compile of a 49-tap unrolled kernel, and the GPU check
 # must fit in 8 minutes. Widen them when tuning (benchmarks/gpu_check.sh shows what wins).
@@ -28,34 +29,37 @@ _FWD_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_R": 16, "BLOCK_C": 128}, num_warps=4),
     triton.Config({"BLOCK_R": 64, "BLOCK_C": 32}, num_warps=4),
 ])
+# The fused conv + LayerNorm: a program walks all C channels of its rows, so fewer rows per program.
+_LN_CONFIGS = autotune_configs([
+    triton.Config({"BLOCK_R": 32, "BLOCK_C": 64}, num_warps=4),
+    triton.Config({"BLOCK_R": 16, "BLOCK_C": 128}, num_warps=4),
+    triton.Config({"BLOCK_R": 16, "BLOCK_C": 64}, num_warps=2),
+])
 _WGRAD_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_R": 32, "BLOCK_C": 64}, num_warps=4),
     triton.Config({"BLOCK_R": 64, "BLOCK_C": 32}, num_warps=4),
 ])
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["C", "K", "HAS_BIAS", "H"])
 @triton.jit
-def _gather_kernel(x_ptr, w_ptr, b_ptr, row_pos_ptr, inv_map_ptr, y_ptr, N, C, H, W, SITES,
-                   K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
-                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """y[p, c] = bias[c] + sum_t w[t, c] * x[q_t(p), c]   over the active neighbours q_t(p) of row p.
-
-    As the C++ kernels (csrc/sparse_index.h): a position outside the SITES = B*H*W sites has no
-    neighbours and an inv_map entry outside [0, N) reads as inactive, so nothing is read out of bounds."""
-    pid_r = tl.program_id(0).to(tl.int64)
-    pid_c = tl.program_id(1).to(tl.int64)
-    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
-    cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+def _decode_rows(row_pos_ptr, rows, N, H, W, SITES):
+    """(row in range, site valid, sample, h, w) of each row. As the C++ kernels (csrc/sparse_index.h): a position
+    outside the SITES = B*H*W sites has no neighbours."""
     rmask = rows < N
-    cmask = cols < C
     pos = tl.load(row_pos_ptr + rows, mask=rmask, other=0).to(tl.int64)
     pvalid = rmask & (pos >= 0) & (pos < SITES)
     hw = H * W
     b = pos // hw
     rem = pos - b * hw
     h = rem // W
-    w = rem - h * W
+    return rmask, pvalid, b, h, rem - h * W
+
+
+@triton.jit
+def _conv_block(x_ptr, w_ptr, b_ptr, inv_map_ptr, pvalid, b, h, w, cols, cmask, N, C, H, W, K: tl.constexpr,
+                HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``bias[c] + sum_t w[t, c] * x[q_t(p), c]`` for a block of rows and channels, over the active neighbours
+    q_t(p); an inv_map entry outside [0, N) reads as inactive, so nothing is read out of bounds."""
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=ACC)
     for t in tl.static_range(K * K):
         hh = h + (t // K - K // 2)
@@ -68,8 +72,44 @@ def _gather_kernel(x_ptr, w_ptr, b_ptr, row_pos_ptr, inv_map_ptr, y_ptr, N, C, H
         acc += xv.to(ACC) * wv[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
+    return acc
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=["C", "K", "HAS_BIAS", "H"])
+@triton.jit
+def _gather_kernel(x_ptr, w_ptr, b_ptr, row_pos_ptr, inv_map_ptr, y_ptr, N, C, H, W, SITES,
+                   K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """y[p, c] = bias[c] + sum_t w[t, c] * x[q_t(p), c]   over the active neighbours q_t(p) of row p."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = cols < C
+    rmask, pvalid, b, h, w = _decode_rows(row_pos_ptr, rows, N, H, W, SITES)
+    acc = _conv_block(x_ptr, w_ptr, b_ptr, inv_map_ptr, pvalid, b, h, w, cols, cmask, N, C, H, W, K, HAS_BIAS, ACC,
+                      BLOCK_R, BLOCK_C)
     tl.store(y_ptr + rows[:, None] * C + cols[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=rmask[:, None] & cmask[None, :])
+
+
+@triton.autotune(configs=_LN_CONFIGS, key=["C", "K", "HAS_BIAS", "H"])
+@triton.jit
+def _gather_ln_kernel(x_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, row_pos_ptr, inv_map_ptr, y1_ptr, y_ptr, mean_ptr,
+                      rstd_ptr, N, C, H, W, SITES, eps, K: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The conv of BLOCK_R rows over all channels (y1, stored) and its LayerNorm (y, mean, rstd): _layernorm.py."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask, pvalid, b, h, w = _decode_rows(row_pos_ptr, rows, N, H, W, SITES)
+    mean = tl.zeros((BLOCK_R,), dtype=ACC)
+    m2 = tl.zeros((BLOCK_R,), dtype=ACC)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        acc = _conv_block(x_ptr, w_ptr, b_ptr, inv_map_ptr, pvalid, b, h, w, cols, cmask, N, C, H, W, K, HAS_BIAS,
+                          ACC, BLOCK_R, BLOCK_C)
+        v = acc.to(y1_ptr.dtype.element_ty)
+        tl.store(y1_ptr + rows[:, None] * C + cols[None, :], v, mask=rmask[:, None] & cmask[None, :])
+        mean, m2 = merge_stats(mean, m2, v.to(ACC), cmask, c0, C, BLOCK_C)
+    normalise_rows(y1_ptr, y_ptr, lnw_ptr, lnb_ptr, mean_ptr, rstd_ptr, rows, rmask, mean, m2, C, eps, BLOCK_C)
 
 
 @triton.autotune(configs=_WGRAD_CONFIGS, key=["C", "K", "H"], reset_to_zero=["dw_part_ptr", "db_part_ptr"])
@@ -132,6 +172,25 @@ def forward(x, weight, bias, row_pos, inv_map) -> torch.Tensor:
     _gather_kernel[grid](x, w, b, row_pos, inv_map, y, N, C, H, W, inv_map.numel(), K=K, HAS_BIAS=bias is not None,
                          ACC=acc_dtype(x.dtype))
     return y
+
+
+def forward_ln(x, weight, bias, ln_weight, ln_bias, row_pos, inv_map, eps: float):
+    """``(y, y1, mean, rstd)``: the conv y1 and its LayerNorm y in one kernel (see ``_layernorm.py``)."""
+    _check(x, weight, row_pos, inv_map)
+    N, C = x.shape
+    y, y1, mean, rstd, lnw, lnb = ln_outputs(x, ln_weight, ln_bias)
+    if N == 0 or C == 0:
+        return y, y1, mean, rstd
+    w = taps_major(weight)
+    b = bias.to(w.dtype).contiguous() if bias is not None else w
+    _, H, W = inv_map.shape
+
+    def grid(meta):
+        return (triton.cdiv(N, meta["BLOCK_R"]),)
+
+    _gather_ln_kernel[grid](x, w, b, lnw, lnb, row_pos, inv_map, y1, y, mean, rstd, N, C, H, W, inv_map.numel(),
+                            float(eps), K=weight.shape[-1], HAS_BIAS=bias is not None, ACC=acc_dtype(x.dtype))
+    return y, y1, mean, rstd
 
 
 def backward(grad_out, x, weight, row_pos, inv_map, output_mask=(True, True, True)):

@@ -26,12 +26,17 @@ import triton
 import triton.language as tl
 
 from . import acc_dtype, autotune_configs
-from ._dwconv_common import reduce_parts, start_backward, taps_major
+from ._dwconv_common import ln_outputs, reduce_parts, start_backward, taps_major
+from ._layernorm import merge_stats, normalise_rows
 
 _FWD_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_C": 64}, num_warps=4),
     triton.Config({"BLOCK_C": 32}, num_warps=2),
     triton.Config({"BLOCK_C": 128}, num_warps=4),
+])
+_LN_CONFIGS = autotune_configs([  # the fused conv + LayerNorm walks all C channels per program
+    triton.Config({"BLOCK_C": 64}, num_warps=4),
+    triton.Config({"BLOCK_C": 32}, num_warps=4),
 ])
 _WGRAD_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_C": 32}, num_warps=4),
@@ -86,6 +91,22 @@ def _neighbour(row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, N, GH, GW, dy: 
     return q, valid & (n0 >= 0) & (q < N)
 
 
+@triton.jit
+def _tiled_conv_block(x_ptr, w_ptr, b_ptr, row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, cols, cmask, N, GH, GW,
+                      C, K: tl.constexpr, BS: tl.constexpr, P: tl.constexpr, RP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                      ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``bias[c] + sum_t w[t, c] * x[q_t(p), c]`` for the tile's rows and a block of channels."""
+    acc = tl.zeros((RP, BLOCK_C), dtype=ACC)
+    for t in tl.static_range(K * K):
+        q, ok = _neighbour(row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, N, GH, GW, t // K - K // 2,
+                           t % K - K // 2, P, BS)
+        xv = tl.load(x_ptr + q[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
+        acc += xv.to(ACC) * tl.load(w_ptr + t * C + cols, mask=cmask, other=0.0)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
+    return acc
+
+
 @triton.autotune(configs=_FWD_CONFIGS, key=["C", "K", "BS", "HAS_BIAS"])
 @triton.jit
 def _tiled_gather_kernel(x_ptr, w_ptr, b_ptr, row0_ptr, stride_ptr, patches_ptr, y_ptr, N, C, NP, GH, GW,
@@ -97,16 +118,33 @@ def _tiled_gather_kernel(x_ptr, w_ptr, b_ptr, row0_ptr, stride_ptr, patches_ptr,
     cmask = cols < C
     valid, b, php, pwp, li, lj, rows = _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, NP, GH, GW, P, BS, TP, RP)
     valid = valid & (rows >= 0) & (rows < N)
-    acc = tl.zeros((RP, BLOCK_C), dtype=ACC)
-    for t in tl.static_range(K * K):
-        q, ok = _neighbour(row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, N, GH, GW, t // K - K // 2,
-                           t % K - K // 2, P, BS)
-        xv = tl.load(x_ptr + q[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
-        acc += xv.to(ACC) * tl.load(w_ptr + t * C + cols, mask=cmask, other=0.0)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + cols, mask=cmask, other=0.0)[None, :]
+    acc = _tiled_conv_block(x_ptr, w_ptr, b_ptr, row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, cols, cmask, N,
+                            GH, GW, C, K, BS, P, RP, HAS_BIAS, ACC, BLOCK_C)
     tl.store(y_ptr + rows[:, None] * C + cols[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=valid[:, None] & cmask[None, :])
+
+
+@triton.autotune(configs=_LN_CONFIGS, key=["C", "K", "BS", "HAS_BIAS"])
+@triton.jit
+def _tiled_gather_ln_kernel(x_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, row0_ptr, stride_ptr, patches_ptr, y1_ptr, y_ptr,
+                            mean_ptr, rstd_ptr, N, C, NP, GH, GW, eps, K: tl.constexpr, BS: tl.constexpr,
+                            P: tl.constexpr, TP: tl.constexpr, RP: tl.constexpr, HAS_BIAS: tl.constexpr,
+                            ACC: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The conv of this program's patches over all channels (y1, stored) and its LayerNorm: _layernorm.py."""
+    pid = tl.program_id(0).to(tl.int64)
+    valid, b, php, pwp, li, lj, rows = _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, NP, GH, GW, P, BS, TP, RP)
+    valid = valid & (rows >= 0) & (rows < N)
+    mean = tl.zeros((RP,), dtype=ACC)
+    m2 = tl.zeros((RP,), dtype=ACC)
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + tl.arange(0, BLOCK_C)
+        cmask = cols < C
+        acc = _tiled_conv_block(x_ptr, w_ptr, b_ptr, row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, cols, cmask,
+                                N, GH, GW, C, K, BS, P, RP, HAS_BIAS, ACC, BLOCK_C)
+        v = acc.to(y1_ptr.dtype.element_ty)
+        tl.store(y1_ptr + rows[:, None] * C + cols[None, :], v, mask=valid[:, None] & cmask[None, :])
+        mean, m2 = merge_stats(mean, m2, v.to(ACC), cmask, c0, C, BLOCK_C)
+    normalise_rows(y1_ptr, y_ptr, lnw_ptr, lnb_ptr, mean_ptr, rstd_ptr, rows, valid, mean, m2, C, eps, BLOCK_C)
 
 
 @triton.autotune(configs=_WGRAD_CONFIGS, key=["C", "K", "BS"])
@@ -163,6 +201,27 @@ def forward(x, weight, bias, row0, stride, patches, pad: int, block: int) -> tor
     b = bias.to(w.dtype).contiguous() if bias is not None else None
     _launch_gather(x, w, b, _tables(row0, stride, patches, pad), block, K, y)
     return y
+
+
+def forward_ln(x, weight, bias, ln_weight, ln_bias, row0, stride, patches, pad: int, block: int, eps: float):
+    """``(y, y1, mean, rstd)``: the conv y1 and its LayerNorm y in one kernel (see ``_layernorm.py``)."""
+    assert x.is_contiguous() and weight.is_contiguous(), "x and weight must be contiguous"
+    N, C = x.shape
+    K = weight.shape[-1]
+    y, y1, mean, rstd, lnw, lnb = ln_outputs(x, ln_weight, ln_bias)
+    if N == 0 or C == 0:
+        return y, y1, mean, rstd
+    w = taps_major(weight)
+    b = bias.to(w.dtype).contiguous() if bias is not None else w
+    row0, stride, patches, P = _tables(row0, stride, patches, pad)
+    assert P * block >= K // 2, "the patch table's padding is smaller than the kernel's halo"
+    NP = patches.shape[0]
+    TP = patches_per_program(block, ROWS_FWD)
+    _tiled_gather_ln_kernel[(triton.cdiv(NP, TP),)](
+        x, w, b, lnw, lnb, row0, stride, patches, y1, y, mean, rstd, N, C, NP, row0.shape[1] - 2 * P,
+        row0.shape[2] - 2 * P, float(eps), K=K, BS=block, P=P, TP=TP, RP=triton.next_power_of_2(TP * block * block),
+        HAS_BIAS=bias is not None, ACC=acc_dtype(x.dtype))
+    return y, y1, mean, rstd
 
 
 def backward(grad_out, x, weight, row0, stride, patches, pad: int, block: int, output_mask=(True, True, True)):
