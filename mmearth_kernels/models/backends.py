@@ -9,6 +9,8 @@ is built for one batch (its mask) and offers:
 * ``map(h, fn, level)``: a per-site function (LayerNorm, GELU) of the features ``[..., C]``;
 * ``strided(h, conv, src, dst, depthwise)``: a kernel = stride conv from level ``src`` to ``dst``;
 * ``dwconv(h, conv, level)``: the blocks' depthwise conv, returning per-site features ``[..., C]``;
+  ``dwconv_ln(h, conv, norm, level)``: that, then the block's LayerNorm (by default the two in turn; one fused
+  op in ``sparse-fused``);
 * ``grn(f, grn, level)``: GRN of those features; ``gelu_grn(f, grn, level)``: GRN(GELU(f)), by default
   the two in turn (:class:`.backend_base.Backend`), one fused op in ``sparse-fused``;
 * ``add(h, f, level)``: the residual ``h + f`` at the active sites;
@@ -25,7 +27,7 @@ import torch
 from .. import layout as packed
 from ..ops import gelu_grn as gelu_grn_op
 from ..ops import grn as grn_op
-from ..ops import _impl, sparse_dwconv2d
+from ..ops import _impl, sparse_dwconv2d, sparse_dwconv2d_ln
 from . import sparse_layers
 from .backend_base import Backend
 
@@ -149,14 +151,24 @@ class Sparse(Backend):
 
 class SparseFused(Sparse):
     """``sparse`` with the second-generation kernels: GELU + GRN in one op (C++ on CPU, Triton on GPU: a pass over
-    the 4C-wide tensor less each way, docs/bytes-model.md) and, where Triton runs, the patch-tiled depthwise
-    conv. Same parameters and results as ``sparse`` (tested; the C++ GELU is a polynomial within ~2e-7)."""
+    the 4C-wide tensor less each way, docs/bytes-model.md), the depthwise conv and its LayerNorm in one op, and,
+    where Triton runs, the patch-tiled depthwise conv. Same parameters and results as ``sparse`` (tested; the C++
+    GELU is a polynomial within ~2e-7)."""
 
-    def dwconv(self, h, conv, level):
+    def _tiling(self, h, level):
         lay = self.lay[level]
         patches = lay.block is not None and _impl.resolve("sparse_dwconv2d", self.impl, h.device) == "triton"
-        return sparse_dwconv2d(h.contiguous(), conv.weight, conv.bias, lay, impl=self.impl,
-                               tiling="patches" if patches else "rows")
+        return "patches" if patches else "rows"
+
+    def dwconv(self, h, conv, level):
+        return sparse_dwconv2d(h.contiguous(), conv.weight, conv.bias, self.lay[level], impl=self.impl,
+                               tiling=self._tiling(h, level))
+
+    def dwconv_ln(self, h, conv, norm, level):
+        if norm.weight is None or norm.bias is None or tuple(norm.normalized_shape) != (h.shape[-1],):
+            return super().dwconv_ln(h, conv, norm, level)  # not the block's affine LayerNorm over C
+        return sparse_dwconv2d_ln(h.contiguous(), conv.weight, conv.bias, norm.weight, norm.bias, self.lay[level],
+                                  eps=norm.eps, impl=self.impl, tiling=self._tiling(h, level))
 
     def gelu_grn(self, f, grn, level):
         return gelu_grn_op(f.contiguous(), grn.gamma, grn.beta, self.lay[level], stats=self.stats, impl=self.impl)

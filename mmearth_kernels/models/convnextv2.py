@@ -71,8 +71,8 @@ class Block(nn.Module):
         """``h`` in the backend's representation (:mod:`.backends`); without one, a plain dense block on
         ``[B, C, H, W]`` (nothing masked, GRN per sample): the MP-MAE decoder block."""
         be = Plain() if backend is None else backend
-        f = be.dwconv(h, self.dwconv, level)                      # per-site features [..., C]
-        f = self.pwconv2(be.gelu_grn(self.pwconv1(self.norm(f)), self.grn, level))
+        f = be.dwconv_ln(h, self.dwconv, self.norm, level)        # per-site features [..., C]
+        f = self.pwconv2(be.gelu_grn(self.pwconv1(f), self.grn, level))
         return be.add(h, f, level)
 
 
