@@ -6,6 +6,7 @@
 // which gives grad_x[q] directly (the flipped-kernel gather) and, with x[q] already in registers,
 // the weight-gradient products for the same (p, q, k) triples. Weight/bias gradients go to
 // per-part fp32 partials that a second pass sums in a fixed order: no atomics, deterministic.
+// sparse_dwconv2d_ln is the forward with each row's LayerNorm right after its conv, the row still in L1.
 #include <ATen/Parallel.h>
 #include <array>
 #include <cmath>
@@ -138,14 +139,21 @@ struct FwdBody {
   }
 };
 
-template <typename T>
-MMK_INLINE void fwd_rows_impl(const DwFwdArgs<T>& a, int64_t begin, int64_t end) {
+// The conv of rows [begin, end), each row then handed to `after(p)` while it is in L1 (sparse_dwconv2d_ln's
+// LayerNorm; nothing for the plain conv).
+struct NoEpilogue {
+  MMK_INLINE void operator()(int64_t) const {}
+};
+
+template <typename T, typename After = NoEpilogue>
+MMK_INLINE void fwd_rows_impl(const DwFwdArgs<T>& a, int64_t begin, int64_t end, After after = {}) {
   int32_t nbr[kMaxTaps];
   int32_t tap[kMaxTaps];
   for (int64_t p = begin; p < end; ++p) {
     const index::Site s = index::decode(a.row_pos[p], a.B, a.H, a.W);
     const int n = gather_neighbours(a.inv_map, s, a.N, a.H, a.W, a.K, +1, nbr, tap);
     for_channel_blocks<T>(a.C, FwdBody<T>{a, n, nbr, tap, a.y + p * a.C});
+    after(p);
   }
 }
 
@@ -214,16 +222,18 @@ MMK_INLINE void ln_row(const LnArgs<T>& ln, const T* y1r, int64_t C, int64_t p) 
 }
 
 // The conv of a row, then its LayerNorm while the row is in L1: the unfused pair reads y1 back from memory.
+// A functor with an always-inline call, not a lambda: a lambda's body is a function of its own, which GCC would
+// compile for the default ISA instead of the enclosing target clone's.
+template <typename T>
+struct LnEpilogue {
+  const DwFwdArgs<T>& a;
+  const LnArgs<T>& ln;
+  MMK_INLINE void operator()(int64_t p) const { ln_row(ln, a.y + p * a.C, a.C, p); }
+};
+
 template <typename T>
 MMK_INLINE void fwd_ln_rows_impl(const DwFwdArgs<T>& a, const LnArgs<T>& ln, int64_t begin, int64_t end) {
-  int32_t nbr[kMaxTaps];
-  int32_t tap[kMaxTaps];
-  for (int64_t p = begin; p < end; ++p) {
-    const index::Site s = index::decode(a.row_pos[p], a.B, a.H, a.W);
-    const int n = gather_neighbours(a.inv_map, s, a.N, a.H, a.W, a.K, +1, nbr, tap);
-    for_channel_blocks<T>(a.C, FwdBody<T>{a, n, nbr, tap, a.y + p * a.C});
-    ln_row(ln, a.y + p * a.C, a.C, p);
-  }
+  fwd_rows_impl(a, begin, end, LnEpilogue<T>{a, ln});
 }
 
 // NEED_DX false: only the weight and bias gradients (the input does not require grad).
