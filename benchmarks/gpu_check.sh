@@ -12,8 +12,8 @@
 #      how launch-bound each step still is,
 #   4. the CUDA and Triton tests, the CUDA-graph step tests first (graphed = eager, capture errors),
 #   5. atto at batch 1024, graphed, and the compiled-graphed variants at batch 256,
-#   6. kernel benchmarks (bf16, batch 256, stage 1-2 shapes, fwd and fwd+bwd) and the CPU tests under this
-#      machine's toolchain.
+#   6. kernel benchmarks (bf16, batch 256, stage 1-2 shapes, fwd and fwd+bwd: dwconv, gelu_grn, grn, dwconv + LN)
+#      and the CPU tests under this machine's toolchain.
 # Every phase has a time box inside one deadline (MMEARTH_GPU_CHECK_DEADLINE, default 560 s from the
 # start), so the whole check fits one 10-minute device call; the e2e JSON is rewritten after each case.
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]     (default: $OUT if set, else benchmarks/results)
@@ -130,13 +130,13 @@ else
   export MMEARTH_BENCH_BATCH=256
 fi
 bench_rc=0
-for op in sparse_dwconv grn gelu_grn; do
+for op in sparse_dwconv gelu_grn grn sparse_dwconv_ln; do  # most owed first: a phase cut short keeps those
   timeout -s INT -k 20 "$(box 45)" \
   "$PY" -m pytest "benchmarks/bench_$op.py" -q -p no:cacheprovider "${SEL[@]}" \
     --benchmark-json="$OUT_DIR/$NAME-$op.json" > "$OUT_DIR/bench-$op.log" 2>&1 || bench_rc=1
   tail -n 2 "$OUT_DIR/bench-$op.log"
 done
-"$PY" benchmarks/report.py "$OUT_DIR/$NAME-sparse_dwconv.json" "$OUT_DIR/$NAME-grn.json" "$OUT_DIR/$NAME-gelu_grn.json" \
+"$PY" benchmarks/report.py "$OUT_DIR/$NAME-sparse_dwconv.json" "$OUT_DIR/$NAME-sparse_dwconv_ln.json" "$OUT_DIR/$NAME-grn.json" "$OUT_DIR/$NAME-gelu_grn.json" \
   ${COPY_GBS:+--copy-gbs "$COPY_GBS"} --env "$OUT_DIR/env.json" > "$OUT_DIR/$NAME.md" 2>/dev/null || bench_rc=1
 head -n 30 "$OUT_DIR/$NAME.md"
 

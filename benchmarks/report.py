@@ -9,7 +9,7 @@ import argparse
 import json
 from collections import defaultdict
 
-BASELINE = {"sparse_dwconv2d": "dense", "grn": "eager", "gelu_grn": "unfused"}
+BASELINE = {"sparse_dwconv2d": "dense", "sparse_dwconv2d_ln": "unfused", "grn": "eager", "gelu_grn": "unfused"}
 LOADER = []  # (source, samples/s, tiles) from bench_loader.py
 LOADER_WORKERS = []  # (workers, normalised in the worker, samples/s) from bench_loader.py
 DISPATCH = defaultdict(dict)  # grad -> path -> median us, from bench_dispatch.py
