@@ -19,8 +19,9 @@ inline at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? 
 // The depthwise weight [C, 1, K, K] as [K*K, C] in the accumulation type, taps-major (the layout every
 // kernel reads, Triton included: mmearth_kernels/triton_kernels/sparse_dwconv.py _taps_major). Tiny; per call.
 inline at::Tensor taps_major(const at::Tensor& weight) {
-  const int64_t C = weight.size(0);
-  return weight.reshape({C, -1}).t().to(acc_type_of(weight.scalar_type())).contiguous();
+  // KK, not -1: for C = 0 (an empty weight) the -1 could not be inferred
+  const int64_t C = weight.size(0), KK = weight.size(2) * weight.size(3);
+  return weight.reshape({C, KK}).t().to(acc_type_of(weight.scalar_type())).contiguous();
 }
 
 inline void check_features(const at::Tensor& x, const char* op, const char* name) {

@@ -38,12 +38,17 @@ def cpu_threads_used() -> int:
 
 OPS = ("sparse_dwconv2d", "sparse_dwconv2d_backward", "grn", "grn_backward", "gelu_grn", "gelu_grn_backward",
        "sparse_dwconv2d_ln")
+def _dispatcher_has(op: str, key: str) -> bool:
+    """The dispatcher's answer; False for an op this build does not define (an extension built from older
+    sources, before the op existed: its ops then fall back to what the build has, instead of failing import)."""
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", key)
+    except RuntimeError:
+        return False
+
+
 # Asked once at import: the dispatcher query is not traceable by torch.compile, a dict lookup is.
-_KERNELS = {
-    (op, key): LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{op}", key)
-    for op in OPS
-    for key in ("CPU", "CUDA")
-}
+_KERNELS = {(op, key): LOADED and _dispatcher_has(op, key) for op in OPS for key in ("CPU", "CUDA")}
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:

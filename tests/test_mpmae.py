@@ -30,7 +30,7 @@ def test_backends_agree_on_loss_and_gradients(all_masked_sample):
     assert_grads_close(gs, gd)
 
 
-@pytest.mark.parametrize("backend", ["dense", "sparse"])
+@pytest.mark.parametrize("backend", ["dense", "sparse", "sparse-fused"])
 def test_bf16_autocast_step_matches_fp32(backend):
     """The trainer's GPU default: activations in bf16, parameters (GRN, depthwise weights) in fp32."""
     m = mpmae_model()

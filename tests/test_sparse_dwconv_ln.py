@@ -5,6 +5,7 @@ opcheck of the fused ops with mixed requires_grad, torch.compile, bad input."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mmearth_kernels as mk
 from mmearth_kernels.testing import LOW_PRECISION, MASK_CASES, dwconv_samples
@@ -126,9 +127,10 @@ def _fused_call(impl, tiling, lay):
 def test_opcheck(device, impl, tiling, needs):
     for s in dwconv_samples(device, torch.float32, cases=MASK_CASES):
         lw, lb = _ln_params(s.x.shape[1], device, torch.float32, 4)
-        for t, on in ((s.x, needs in ("all", "x only")), (s.weight, needs == "all"), (lw, needs in ("all", "ln only")),
-                      (lb, needs == "all")):
-            t.requires_grad_(on)
+        for t, on in ((s.x, needs in ("all", "x only")), (s.weight, needs == "all"), (s.bias, needs == "all"),
+                      (lw, needs in ("all", "ln only")), (lb, needs == "all")):
+            if t is not None:
+                t.requires_grad_(on)
         op, layout = _fused_call(impl, tiling, s.layout)
         torch.library.opcheck(op, (s.x, s.weight, s.bias, lw, lb, *layout, 1e-6))
 
@@ -140,7 +142,7 @@ def test_only_the_gradients_asked_for(device, impl, tiling):
     g = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
     leaves = [t.requires_grad_() for t in (x, w, b, lw, lb)]
     full = torch.autograd.grad(mk.sparse_dwconv2d_ln(*leaves, lay, impl=impl, tiling=tiling), leaves, g)
-    for frozen in ((1, 2), (3, 4), (0, 1, 2)):
+    for frozen in ((1, 2), (3, 4), (0, 1, 2), (0,)):  # (0,): the conv's weight-only backward
         args = [t.detach().requires_grad_(i not in frozen) for i, t in enumerate(leaves)]
         y = mk.sparse_dwconv2d_ln(*args, lay, impl=impl, tiling=tiling)
         live = [t for t in args if t.requires_grad]
@@ -148,6 +150,47 @@ def test_only_the_gradients_asked_for(device, impl, tiling):
         for i, t in enumerate(args):
             if t.requires_grad:
                 torch.testing.assert_close(next(got), full[i], rtol=1e-12, atol=1e-12)
+
+
+class _OpNames(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("device, impl, tiling", FUSED)
+def test_backward_makes_no_zero_gradients(device, impl, tiling):
+    """y1, mean and rstd are outputs nobody differentiates: autograd must not materialise zero gradients for them
+    (an [N, C] memset and three launches per call, as much as the fusion saves)."""
+    x, w, b, lw, lb, lay = _stage_one(device, torch.float32, C=21)
+    y = mk.sparse_dwconv2d_ln(*(t.requires_grad_() for t in (x, w, b, lw, lb)), lay, impl=impl, tiling=tiling)
+    with _OpNames() as seen:
+        y.backward(torch.ones_like(y))
+    assert "native_layer_norm_backward" in seen.names, seen.names  # the mode does see the backward
+    assert not {"zeros", "zeros_like", "zero_", "fill_", "new_zeros"} & set(seen.names), seen.names
+
+
+@pytest.mark.parametrize("device, impl, tiling", CASES)
+def test_empty_rows_and_channels(device, impl, tiling):
+    """An all-masked batch (no rows) and C = 0: empty outputs, zero gradients of the right shapes."""
+    empty = mk.build_layout(torch.ones(2, 3, 3, dtype=torch.bool, device=device), 6, 0)
+    some = mk.build_layout(mk.random_patch_mask(2, 3, 0.5, generator=torch.Generator().manual_seed(0)).to(device), 6)
+    assert empty.num_rows == 0 and some.num_rows > 0
+    for lay, C in ((empty, 5), (some, 0)):
+        N = lay.num_rows
+        x = torch.randn(N, C, device=device, requires_grad=True)
+        w = torch.randn(C, 1, 3, 3, device=device, requires_grad=True)
+        b = torch.randn(C, device=device, requires_grad=True)
+        lw, lb = (torch.randn(C, device=device, requires_grad=True) for _ in range(2))
+        y = mk.sparse_dwconv2d_ln(x, w, b, lw, lb, lay, impl=impl, tiling=tiling)
+        assert y.shape == (N, C)
+        y.sum().backward()
+        for t in (x, w, b, lw, lb):
+            assert t.grad is not None and t.grad.shape == t.shape and not t.grad.any()
 
 
 @pytest.mark.parametrize("device, impl, tiling", FUSED)

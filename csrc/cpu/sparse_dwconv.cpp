@@ -168,6 +168,22 @@ struct LnArgs {
   acc_t<T>* rstd;          // [N]
 };
 
+// What row_sum adds up: the values, or their squared distance from the mean. Functors with always-inline calls,
+// not lambdas: a lambda's body is a function of its own, which GCC would compile for the default ISA instead of
+// the enclosing target clone's if it did not inline it.
+template <typename T>
+struct Identity {
+  MMK_INLINE vec_t<T> operator()(vec_t<T> v) const { return v; }
+};
+template <typename T>
+struct CentredSquare {
+  acc_t<T> mean;
+  MMK_INLINE vec_t<T> operator()(vec_t<T> v) const {
+    const vec_t<T> d = v - mean;
+    return d * d;
+  }
+};
+
 // Sum of a row's whole vectors, f(v) of each, in four independent accumulators: one accumulator would chain
 // every add on the previous one (latency-bound, ~4 cycles per vector) where the row is in L1 anyway.
 template <typename T, typename F>
@@ -195,16 +211,12 @@ MMK_INLINE acc_t<T> row_sum(const T* r, int64_t CV, F f) {
 template <typename T>
 MMK_INLINE void ln_row(const LnArgs<T>& ln, const T* y1r, int64_t C, int64_t p) {
   using A = acc_t<T>;
-  using V = vec_t<T>;
   constexpr int L = lanes<T>();
   const int64_t CV = C / L * L;
-  A sum = row_sum<T>(y1r, CV, [](V v) { return v; });
+  A sum = row_sum<T>(y1r, CV, Identity<T>{});
   for (int64_t c = CV; c < C; ++c) sum += static_cast<A>(y1r[c]);
   const A mean = sum / static_cast<A>(C);
-  A sq = row_sum<T>(y1r, CV, [mean](V v) {
-    const V d = v - mean;
-    return d * d;
-  });
+  A sq = row_sum<T>(y1r, CV, CentredSquare<T>{mean});
   for (int64_t c = CV; c < C; ++c) {
     const A d = static_cast<A>(y1r[c]) - mean;
     sq += d * d;
@@ -222,8 +234,7 @@ MMK_INLINE void ln_row(const LnArgs<T>& ln, const T* y1r, int64_t C, int64_t p) 
 }
 
 // The conv of a row, then its LayerNorm while the row is in L1: the unfused pair reads y1 back from memory.
-// A functor with an always-inline call, not a lambda: a lambda's body is a function of its own, which GCC would
-// compile for the default ISA instead of the enclosing target clone's.
+// A functor, not a lambda, for the reason given at Identity.
 template <typename T>
 struct LnEpilogue {
   const DwFwdArgs<T>& a;

@@ -9,7 +9,8 @@ import torch
 def taps_major(weight: torch.Tensor) -> torch.Tensor:
     """``[C, 1, K, K]`` -> ``[K*K, C]`` in the accumulation dtype (fp64 for fp64, fp32 otherwise)."""
     acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    return weight.reshape(weight.shape[0], -1).t().to(acc).contiguous()
+    # K*K, not -1: for C = 0 (an empty weight) the -1 could not be inferred
+    return weight.reshape(weight.shape[0], weight.shape[2] * weight.shape[3]).t().to(acc).contiguous()
 
 
 def start_backward(x: torch.Tensor, weight: torch.Tensor, output_mask):
