@@ -101,6 +101,28 @@ def test_channel_blocks_and_saved_statistics(device, impl, tiling, dtype):
     torch.testing.assert_close(rstd, want_rstd.squeeze(1), **tol)
 
 
+TRITON_FUSED = [p for p in FUSED if "triton" in p.id]
+
+
+@pytest.mark.parametrize("device, impl, tiling", TRITON_FUSED)
+def test_every_triton_config(device, impl, tiling):
+    """Each block configuration the GPU autotuner may pick (the interpreter's autotune keeps only the first): C = 150
+    spans 2 to 5 channel blocks, the last one partial."""
+    from mmearth_kernels.triton_kernels import sparse_dwconv, sparse_dwconv_tiled
+
+    x, w, b, lw, lb, lay = _stage_one(device, torch.float64)
+    want = mk.sparse_dwconv2d_ln(x, w, b, lw, lb, lay, impl="ref")
+    if tiling == "rows":
+        module, layout = sparse_dwconv, (lay.row_pos, lay.inv_map)
+    else:
+        t = lay.patch_table
+        module, layout = sparse_dwconv_tiled, (t.row0, t.stride, t.patches, t.pad, lay.block)
+    assert len(module.LN_CONFIGS) >= 2
+    for config in module.LN_CONFIGS:
+        y, *_ = module.forward_ln(x, w, b, lw, lb, *layout, 1e-6, config=config)
+        torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-10, msg=lambda m, c=config: f"{c}: {m}")
+
+
 @pytest.mark.parametrize("device, impl, tiling", CASES)
 def test_gradcheck_fp64(device, impl, tiling):
     for s in dwconv_samples(device, torch.float64, requires_grad=True, cases=MASK_CASES[1:4]):

@@ -32,6 +32,14 @@ def reduce_parts(dw_part: torch.Tensor, db_part: torch.Tensor, weight: torch.Ten
     return dw, db_part.sum(0).to(weight.dtype)
 
 
+def with_config(autotuned, config):
+    """The kernel to launch and its extra meta-parameters: the autotuner itself, or (``config`` given) the kernel
+    under it with that config's block sizes and warps."""
+    if config is None:
+        return autotuned, {}
+    return autotuned.fn, {**config.kwargs, "num_warps": config.num_warps}
+
+
 def ln_outputs(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor):
     """The fused conv + LayerNorm's outputs to fill, ``(y, y1, mean, rstd)`` (statistics ``[N]`` in the accumulation
     dtype; zero for an empty input), and the LayerNorm parameters in that dtype."""

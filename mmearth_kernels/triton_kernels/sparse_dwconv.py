@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .._constants import dwconv_parts
 from . import acc_dtype, autotune_configs
-from ._dwconv_common import ln_outputs, reduce_parts, start_backward, taps_major
+from ._dwconv_common import ln_outputs, reduce_parts, start_backward, taps_major, with_config
 from ._layernorm import merge_stats, normalise_rows
 
 # Short lists on purpose: every config is a compile of a 49-tap unrolled kernel, and the GPU check
@@ -29,12 +29,14 @@ _FWD_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_R": 16, "BLOCK_C": 128}, num_warps=4),
     triton.Config({"BLOCK_R": 64, "BLOCK_C": 32}, num_warps=4),
 ])
-# The fused conv + LayerNorm: a program walks all C channels of its rows, so fewer rows per program.
-_LN_CONFIGS = autotune_configs([
+# The fused conv + LayerNorm: a program walks all C channels of its rows, so fewer rows per program. All of them
+# are tested under the interpreter (forward_ln's `config`), not only the one autotune keeps there.
+LN_CONFIGS = [
     triton.Config({"BLOCK_R": 32, "BLOCK_C": 64}, num_warps=4),
     triton.Config({"BLOCK_R": 16, "BLOCK_C": 128}, num_warps=4),
     triton.Config({"BLOCK_R": 16, "BLOCK_C": 64}, num_warps=2),
-])
+]
+_LN_CONFIGS = autotune_configs(LN_CONFIGS)
 _WGRAD_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_R": 32, "BLOCK_C": 64}, num_warps=4),
     triton.Config({"BLOCK_R": 64, "BLOCK_C": 32}, num_warps=4),
@@ -174,8 +176,9 @@ def forward(x, weight, bias, row_pos, inv_map) -> torch.Tensor:
     return y
 
 
-def forward_ln(x, weight, bias, ln_weight, ln_bias, row_pos, inv_map, eps: float):
-    """``(y, y1, mean, rstd)``: the conv y1 and its LayerNorm y in one kernel (see ``_layernorm.py``)."""
+def forward_ln(x, weight, bias, ln_weight, ln_bias, row_pos, inv_map, eps: float, config=None):
+    """``(y, y1, mean, rstd)``: the conv y1 and its LayerNorm y in one kernel (see ``_layernorm.py``). ``config``:
+    one of ``LN_CONFIGS`` instead of the autotuned one (tests)."""
     _check(x, weight, row_pos, inv_map)
     N, C = x.shape
     y, y1, mean, rstd, lnw, lnb = ln_outputs(x, ln_weight, ln_bias)
@@ -188,8 +191,9 @@ def forward_ln(x, weight, bias, ln_weight, ln_bias, row_pos, inv_map, eps: float
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_R"]),)
 
-    _gather_ln_kernel[grid](x, w, b, lnw, lnb, row_pos, inv_map, y1, y, mean, rstd, N, C, H, W, inv_map.numel(),
-                            float(eps), K=weight.shape[-1], HAS_BIAS=bias is not None, ACC=acc_dtype(x.dtype))
+    kernel, meta = with_config(_gather_ln_kernel, config)
+    kernel[grid](x, w, b, lnw, lnb, row_pos, inv_map, y1, y, mean, rstd, N, C, H, W, inv_map.numel(), float(eps),
+                 K=weight.shape[-1], HAS_BIAS=bias is not None, ACC=acc_dtype(x.dtype), **meta)
     return y, y1, mean, rstd
 
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import acc_dtype, autotune_configs
-from ._dwconv_common import ln_outputs, reduce_parts, start_backward, taps_major
+from ._dwconv_common import ln_outputs, reduce_parts, start_backward, taps_major, with_config
 from ._layernorm import merge_stats, normalise_rows
 
 _FWD_CONFIGS = autotune_configs([
@@ -34,10 +34,11 @@ _FWD_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_C": 32}, num_warps=2),
     triton.Config({"BLOCK_C": 128}, num_warps=4),
 ])
-_LN_CONFIGS = autotune_configs([  # the fused conv + LayerNorm walks all C channels per program
+LN_CONFIGS = [  # the fused conv + LayerNorm walks all C channels per program; all tested (forward_ln's `config`)
     triton.Config({"BLOCK_C": 64}, num_warps=4),
     triton.Config({"BLOCK_C": 32}, num_warps=4),
-])
+]
+_LN_CONFIGS = autotune_configs(LN_CONFIGS)
 _WGRAD_CONFIGS = autotune_configs([
     triton.Config({"BLOCK_C": 32}, num_warps=4),
     triton.Config({"BLOCK_C": 64}, num_warps=4),
@@ -203,8 +204,10 @@ def forward(x, weight, bias, row0, stride, patches, pad: int, block: int) -> tor
     return y
 
 
-def forward_ln(x, weight, bias, ln_weight, ln_bias, row0, stride, patches, pad: int, block: int, eps: float):
-    """``(y, y1, mean, rstd)``: the conv y1 and its LayerNorm y in one kernel (see ``_layernorm.py``)."""
+def forward_ln(x, weight, bias, ln_weight, ln_bias, row0, stride, patches, pad: int, block: int, eps: float,
+               config=None):
+    """``(y, y1, mean, rstd)``: the conv y1 and its LayerNorm y in one kernel (see ``_layernorm.py``). ``config``:
+    one of ``LN_CONFIGS`` instead of the autotuned one (tests)."""
     assert x.is_contiguous() and weight.is_contiguous(), "x and weight must be contiguous"
     N, C = x.shape
     K = weight.shape[-1]
@@ -217,10 +220,11 @@ def forward_ln(x, weight, bias, ln_weight, ln_bias, row0, stride, patches, pad: 
     assert P * block >= K // 2, "the patch table's padding is smaller than the kernel's halo"
     NP = patches.shape[0]
     TP = patches_per_program(block, ROWS_FWD)
-    _tiled_gather_ln_kernel[(triton.cdiv(NP, TP),)](
+    kernel, meta = with_config(_tiled_gather_ln_kernel, config)
+    kernel[(triton.cdiv(NP, TP),)](
         x, w, b, lnw, lnb, row0, stride, patches, y1, y, mean, rstd, N, C, NP, row0.shape[1] - 2 * P,
         row0.shape[2] - 2 * P, float(eps), K=K, BS=block, P=P, TP=TP, RP=triton.next_power_of_2(TP * block * block),
-        HAS_BIAS=bias is not None, ACC=acc_dtype(x.dtype))
+        HAS_BIAS=bias is not None, ACC=acc_dtype(x.dtype), **meta)
     return y, y1, mean, rstd
 
 
