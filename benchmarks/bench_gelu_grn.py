@@ -13,13 +13,8 @@ import torch.nn.functional as F
 
 import mmearth_kernels as mk
 from mmearth_kernels.reference import grn_dense_eager
-from mmearth_kernels.testing import atto_stage_shapes, tiny_stage_shapes
 
-from conftest import DEVICES, stage_layout, time_mode
-
-SHAPES = [("atto", r, 4 * c) for r, c in atto_stage_shapes()] + [("tiny", r, 4 * c) for r, c in tiny_stage_shapes()]
-MODES = ["fwd", "bwd", "fwdbwd"]
-DTYPES = {"cpu": [torch.float32], "cuda": [torch.bfloat16, torch.float32]}
+from conftest import case_id, kernel_cases, stage_layout, time_mode
 
 
 def _impls(device):
@@ -27,13 +22,7 @@ def _impls(device):
     return fused + ["unfused", "eager"] + (["compiled"] if device == "cuda" else [])
 
 
-CASES = [(dev, dt, impl, model, res, C, mode) for dev in DEVICES for dt in DTYPES[dev] for impl in _impls(dev)
-         for model, res, C in SHAPES for mode in MODES]
-
-
-def _id(case):
-    dev, dt, impl, model, res, C, mode = case
-    return f"{dev}-{str(dt)[6:]}-{model}-{res}px-C{C}-{mode}-{impl}"
+CASES = kernel_cases(_impls, width=4)
 
 
 def _gelu_grn_eager(h, gamma, beta):
@@ -43,7 +32,7 @@ def _gelu_grn_eager(h, gamma, beta):
 _compiled = torch.compile(_gelu_grn_eager)
 
 
-@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_gelu_grn(case, timed, benchmark):
     dev, dtype, impl, model, res, C, mode = case
     benchmark.group = f"gelu_grn {dev} {str(dtype)[6:]} {model} {res}px C{C} {mode}"

@@ -11,13 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import mmearth_kernels as mk
-from mmearth_kernels.testing import atto_stage_shapes, tiny_stage_shapes
 
-from conftest import DEVICES, stage_layout, time_mode
-
-SHAPES = [("atto", r, c) for r, c in atto_stage_shapes()] + [("tiny", r, c) for r, c in tiny_stage_shapes()]
-MODES = ["fwd", "bwd", "fwdbwd"]
-DTYPES = {"cpu": [torch.float32], "cuda": [torch.bfloat16, torch.float32]}
+from conftest import case_id, kernel_cases, stage_layout, time_mode
 
 
 def _impls(device):
@@ -25,16 +20,10 @@ def _impls(device):
     return compiled + (["triton-patches"] if "triton" in compiled else []) + ["ref", "dense"]
 
 
-CASES = [(dev, dt, impl, model, res, C, mode) for dev in DEVICES for dt in DTYPES[dev] for impl in _impls(dev)
-         for model, res, C in SHAPES for mode in MODES]
+CASES = kernel_cases(_impls)
 
 
-def _id(case):
-    dev, dt, impl, model, res, C, mode = case
-    return f"{dev}-{str(dt)[6:]}-{model}-{res}px-C{C}-{mode}-{impl}"
-
-
-@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_sparse_dwconv(case, timed, benchmark):
     dev, dtype, impl, model, res, C, mode = case
     benchmark.group = f"sparse_dwconv2d {dev} {str(dtype)[6:]} {model} {res}px C{C} {mode}"

@@ -15,13 +15,8 @@ import torch.nn.functional as F
 
 import mmearth_kernels as mk
 from mmearth_kernels.ops import _impl
-from mmearth_kernels.testing import atto_stage_shapes, tiny_stage_shapes
 
-from conftest import DEVICES, stage_layout, time_mode
-
-SHAPES = [("atto", r, c) for r, c in atto_stage_shapes()] + [("tiny", r, c) for r, c in tiny_stage_shapes()]
-MODES = ["fwd", "fwdbwd"]
-DTYPES = {"cpu": [torch.float32], "cuda": [torch.bfloat16, torch.float32]}
+from conftest import case_id, kernel_cases, stage_layout, time_mode
 
 
 def _impls(device):
@@ -30,16 +25,10 @@ def _impls(device):
     return fused + patches + ["unfused"] + (["unfused-patches"] if patches else [])
 
 
-CASES = [(dev, dt, impl, model, res, C, mode) for dev in DEVICES for dt in DTYPES[dev] for impl in _impls(dev)
-         for model, res, C in SHAPES for mode in MODES]
+CASES = kernel_cases(_impls, modes=("fwd", "fwdbwd"))
 
 
-def _id(case):
-    dev, dt, impl, model, res, C, mode = case
-    return f"{dev}-{str(dt)[6:]}-{model}-{res}px-C{C}-{mode}-{impl}"
-
-
-@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_sparse_dwconv_ln(case, timed, benchmark):
     dev, dtype, impl, model, res, C, mode = case
     benchmark.group = f"sparse_dwconv2d_ln {dev} {str(dtype)[6:]} {model} {res}px C{C} {mode}"

@@ -15,12 +15,28 @@ import pytest
 import torch
 
 import mmearth_kernels as mk
+from mmearth_kernels.testing import atto_stage_shapes, tiny_stage_shapes
 
 BATCH = int(os.environ.get("MMEARTH_BENCH_BATCH", "64"))
 # timed rounds per case (the median is reported): raise it on a noisy VM, where 7 rounds of a sub-ms op swing 30 %
 ROUNDS = int(os.environ.get("MMEARTH_BENCH_ROUNDS", "7"))
 MASK_RATIO = 0.6  # FCMAE: int(49 * 0.4) = 19 kept, 61.2 % masked
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DTYPES = {"cpu": [torch.float32], "cuda": [torch.bfloat16, torch.float32]}
+
+
+def kernel_cases(impls, width: int = 1, modes=("fwd", "bwd", "fwdbwd")):
+    """The kernel benchmarks' grid: (device, dtype, impl, model, res, C, mode) over every atto and tiny stage, with
+    C = width x the stage's channels (4 for the MLP's hidden tensor); ``impls(device)`` lists the impls there."""
+    shapes = [(model, r, width * c) for model, stages in (("atto", atto_stage_shapes()), ("tiny", tiny_stage_shapes()))
+              for r, c in stages]
+    return [(dev, dt, impl, model, res, C, mode) for dev in DEVICES for dt in DTYPES[dev] for impl in impls(dev)
+            for model, res, C in shapes for mode in modes]
+
+
+def case_id(case) -> str:
+    dev, dt, impl, model, res, C, mode = case
+    return f"{dev}-{str(dt)[6:]}-{model}-{res}px-C{C}-{mode}-{impl}"
 
 
 def _git_sha():
