@@ -72,8 +72,12 @@ def impl_matrix() -> tuple[list[tuple[str, dict[str, list[str]]]], dict[str, tup
     dispatcher's answer) runs another op's kernel plus torch ops: "(unfused)". The lead rewires this one function to
     the op registry once it exists."""
     from mmearth_kernels import _extension, ops
-    from mmearth_kernels.ops._impl import AUTO_ORDER
     from mmearth_kernels.triton_kernels import HAS_TRITON
+
+    try:  # the op table (ops/registry.py), once it lands; before it, the impl switch held the order
+        from mmearth_kernels.ops.registry import AUTO_ORDER
+    except ImportError:
+        from mmearth_kernels.ops._impl import AUTO_ORDER
 
     names = [n for n in ops.__all__ if callable(getattr(ops, n)) and
              "impl" in inspect.signature(getattr(ops, n)).parameters]
