@@ -25,11 +25,11 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 from tqdm import tqdm
 
+from .files import TempDir
 from .cache_format import FORMAT, MANIFEST, MARKER, _source_id, is_cache_dir, open_cache  # noqa: F401
 from .modalities import ALL_TASKS, MODALITIES, DataError
 from .reader import MMEarthDataset
@@ -46,43 +46,44 @@ def build_cache(stem: str, root: str, names=ALL_TASKS, rows_per_read: int = 512,
                                   f"not removing it: choose another folder or move it away")
     ds = MMEarthDataset(stem, split=next(iter(_splits(stem))), inputs=(), targets=tuple(names))
     parent, base = os.path.split(os.path.abspath(root))
-    for name in os.listdir(parent):  # what a killed build left behind (ours: the prefix and the marker)
+    for name in os.listdir(parent):  # what a killed build of an earlier version left (``.tmp``, the marker inside)
         old = os.path.join(parent, name)
         if name.startswith(f".{base}.") and name.endswith(".tmp") and os.path.isfile(os.path.join(old, MARKER)):
             shutil.rmtree(old, ignore_errors=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.", suffix=".tmp")  # exclusive
-    with open(os.path.join(tmp, MARKER), "w") as f:
-        f.write("a cache written by train.data.cache\n")
-    try:
-        rows = np.arange(ds.n)
-        first, l2a0 = ds.read_raw(rows[:1])
-        outs = {name: np.lib.format.open_memmap(os.path.join(tmp, f"{name}.npy"), mode="w+", dtype=a.dtype,
-                                                shape=(ds.n,) + a.shape[1:]) for name, a in first.items()}
-        l2a = np.zeros(ds.n, dtype=bool)
-        for start in tqdm(range(0, ds.n, rows_per_read), desc=f"caching {os.path.basename(ds.path)}", unit="block"):
-            block = rows[start:start + rows_per_read]
-            raw, flags = ds.read_raw(block)
-            for name, a in raw.items():
-                outs[name][start:start + len(block)] = a
-            l2a[start:start + len(block)] = flags
-        np.save(os.path.join(tmp, "l2a.npy"), l2a)
-        for a in outs.values():
-            a.flush()
-        del outs
-        arrays = {}
-        for name in list(first) + ["l2a"]:
-            p = os.path.join(tmp, f"{name}.npy")
-            a = np.load(p, mmap_mode="r")
-            arrays[name] = {"shape": list(a.shape), "dtype": str(a.dtype), "file_bytes": os.path.getsize(p)}
-        man = {"format": FORMAT, "source": _source_id(ds.path), "rows": ds.n, "arrays": arrays}
-        with open(os.path.join(tmp, MANIFEST), "w") as f:
-            json.dump(man, f, indent=1)
+    with TempDir(root) as tmp:  # exclusive and locked while we build: a kill leaves it to the next build's sweep
+        _fill(ds, tmp.path, ds.read_raw(np.arange(ds.n)[:1])[0], rows_per_read)
         if os.path.exists(root):
             shutil.rmtree(root)
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.commit()
     return root
+
+
+def _fill(ds: MMEarthDataset, tmp: str, first: dict, rows_per_read: int) -> None:
+    """Every row of ``ds`` (all splits) into the folder ``tmp``: arrays, L2A flags, the manifest, the marker."""
+    with open(os.path.join(tmp, MARKER), "w") as f:
+        f.write("a cache written by train.data.cache\n")
+    rows = np.arange(ds.n)
+    outs = {name: np.lib.format.open_memmap(os.path.join(tmp, f"{name}.npy"), mode="w+", dtype=a.dtype,
+                                            shape=(ds.n,) + a.shape[1:]) for name, a in first.items()}
+    l2a = np.zeros(ds.n, dtype=bool)
+    for start in tqdm(range(0, ds.n, rows_per_read), desc=f"caching {os.path.basename(ds.path)}", unit="block"):
+        block = rows[start:start + rows_per_read]
+        raw, flags = ds.read_raw(block)
+        for name, a in raw.items():
+            outs[name][start:start + len(block)] = a
+        l2a[start:start + len(block)] = flags
+    np.save(os.path.join(tmp, "l2a.npy"), l2a)
+    for a in outs.values():
+        a.flush()
+    del outs
+    arrays = {}
+    for name in list(first) + ["l2a"]:
+        p = os.path.join(tmp, f"{name}.npy")
+        a = np.load(p, mmap_mode="r")
+        arrays[name] = {"shape": list(a.shape), "dtype": str(a.dtype), "file_bytes": os.path.getsize(p)}
+    man = {"format": FORMAT, "source": _source_id(ds.path), "rows": ds.n, "arrays": arrays}
+    with open(os.path.join(tmp, MANIFEST), "w") as f:
+        json.dump(man, f, indent=1)
 
 
 def _splits(stem: str) -> dict:

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..files import remove_stale_temps, write_atomically
+from .files import atomic_file, remove_stale_temps, write_atomically
 from .modalities import BIOMES, ECOREGIONS, ESA_CODES, METADATA_DTYPE, MODALITIES, S2_QUALITY
 
 INCOMPLETE = ".synthetic-incomplete"  # marker beside an unfinished directory
@@ -235,11 +234,9 @@ def write_dataset(out_dir: str, tiles: int = 2000, size: int = 64, seed: int = 0
         fm.write("written by train.data.synthetic; removed when the directory is complete\n")
     rng = np.random.default_rng(seed)
     t0 = time.time()
-    fd, tmp_h5 = tempfile.mkstemp(dir=out_dir, prefix=f".{stem}.h5.", suffix=".tmp")  # exclusive, ours
-    os.close(fd)
     tile_info, stats_sample = {}, None
-    try:
-        with h5py.File(tmp_h5, "w") as f:
+    with atomic_file(targets[0]) as tmp_h5:  # renamed last: a complete .h5 means a complete directory
+        with h5py.File(tmp_h5, "w", locking=False) as f:  # the temporary's lock is ours (train.data.files)
             dsets = {}
             for name, m in {**MODALITIES, **S2_QUALITY}.items():
                 shape = (tiles, m.channels, size, size) if m.level == "pixel" else (tiles, m.channels)
@@ -266,11 +263,7 @@ def write_dataset(out_dir: str, tiles: int = 2000, size: int = 64, seed: int = 0
                       "test": sorted(order[n_train + n_val:].tolist())}
         for path, obj in ((targets[1], band_stats(stats_sample)), (targets[2], split_json), (targets[3], tile_info)):
             write_atomically(path, lambda f, o=obj: f.write(json.dumps(o).encode()))
-        os.replace(tmp_h5, targets[0])  # last: a complete .h5 means a complete directory
-        os.remove(marker)
-    finally:
-        if os.path.exists(tmp_h5):
-            os.remove(tmp_h5)
+    os.remove(marker)
     if not quiet:
         print(f"[synthetic] wrote {tiles} tiles of {size} px to {base}.h5 in {time.time() - t0:.1f} s",
               file=sys.stderr)
