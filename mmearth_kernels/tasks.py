@@ -52,22 +52,28 @@ TASK_SETS = {
 
 def resolve_tasks(tasks) -> tuple[str, ...]:
     """A set name (all, s2, pixel, image), a comma-separated string or a list of names -> names in task order."""
+    hint = f"use a set ({', '.join(TASK_SETS)}) or task names ({', '.join(TASK_ORDER)})"
     if isinstance(tasks, str):
         if tasks in TASK_SETS:
             return TASK_SETS[tasks]
         tasks = tuple(t.strip() for t in tasks.split(",") if t.strip())
-    tasks = tuple(tasks)
-    unknown = [t for t in tasks if t not in TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"unknown task(s) {unknown or list(tasks)}; use a set ({', '.join(TASK_SETS)}) or task names "
-                         f"({', '.join(TASK_ORDER)})")
+    elif isinstance(tasks, (list, tuple, set, frozenset)):
+        tasks = tuple(tasks)
+    else:
+        raise TypeError(f"tasks must be a set name, a comma-separated string or a list of task names, got {tasks!r}; "
+                        f"{hint}")
+    if not tasks:
+        raise ValueError(f"no task given; {hint}")
+    unknown = [t for t in tasks if not isinstance(t, str) or t not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; {hint}")
     return tuple(t for t in TASK_ORDER if t in tasks)
 
 
 def target_shape(task: str, batch: int, img: int, one_hot: bool = False) -> list[int]:
-    """What a task's target looks like (as ``train.data`` returns it): pixel regression ``[B, C, img, img]``,
-    DW/ESA ``[B, img, img]`` class indices, image regression ``[B, C]``, biome/ecoregion ``[B]`` class
-    indices (or the file's one-hot rows ``[B, K]``)."""
+    """What a task's target looks like: pixel regression ``[B, C, img, img]``, DW/ESA ``[B, img, img]`` class
+    indices, image regression ``[B, C]``, biome/ecoregion ``[B]`` class indices or, with ``one_hot``, rows
+    ``[B, K]`` of class weights (the file's one-hot rows, or the label distributions ``train.data`` returns)."""
     t = TASKS[task]
     if t.level == "pixel":
         return [batch, img, img] if t.classes else [batch, t.outputs, img, img]
@@ -93,8 +99,17 @@ def check_targets(tasks, targets, batch: int, img: int, device) -> None:
         if list(v.shape) != want:
             raise ValueError(f"target {name!r} must be {want} for this model (batch {batch}, {img} px), "
                              f"got {list(v.shape)}")
-        if t.classes and (v.dtype.is_floating_point or v.dtype.is_complex):
+        if t.classes and not one_hot and (v.dtype.is_floating_point or v.dtype.is_complex):
             raise TypeError(f"target {name!r} must hold integer class indices (-1 = no data), got {v.dtype}")
+        if one_hot and v.dtype.is_complex:
+            raise TypeError(f"target {name!r} rows must be real class weights (one-hot rows or label distributions), "
+                            f"got {v.dtype}")
+        if one_hot and device.type == "cpu" and v.numel() and not torch.compiler.is_compiling():
+            with host_only("class-weight check: CPU targets only"):
+                bad = bool((~torch.isfinite(v.float()) | (v < 0)).any()) if v.dtype != torch.bool else False
+            if bad:
+                raise ValueError(f"target {name!r} rows must be non-negative, finite class weights (one-hot rows or "
+                                 f"label distributions)")
         if not t.classes and not v.dtype.is_floating_point:
             raise TypeError(f"target {name!r} must be floating point (NaN = no data), got {v.dtype}")
         if t.classes and not one_hot and device.type == "cpu" and v.numel() and not torch.compiler.is_compiling():

@@ -237,10 +237,15 @@ def _minkowski():
 
 
 @pytest.mark.parametrize("backend", ["dense", "dense-plain", "sparse", _minkowski()])
-@pytest.mark.parametrize("batch, ratio", [(0, 0.6), (2, 1.0), (3, 0.0)])
-def test_edge_batches_train_on_every_backend(backend, batch, ratio):
-    model = _mpmae(backend, mask_ratio=ratio)
+@pytest.mark.parametrize("batch, masked", [(0, None), (2, True), (3, False)], ids=["batch 0", "all masked",
+                                                                                 "nothing masked"])
+def test_edge_batches_train_on_every_backend(backend, batch, masked):
+    """A mask given to forward may hide everything or nothing (a mask_ratio that does is refused when the model
+    is built: MP-MAE's own masks always keep and hide something)."""
+    model = _mpmae(backend)
     mb, mask, kept = _batch(model, batch)
+    if masked is not None:
+        mask, kept = torch.full_like(mask, masked), 0 if masked else model.grid ** 2
     out = model(mb["input"], mb, mask, kept)
     out["loss"].backward()
     assert torch.isfinite(out["loss"])
@@ -248,9 +253,10 @@ def test_edge_batches_train_on_every_backend(backend, batch, ratio):
 
 
 def test_dense_and_sparse_agree_when_everything_is_masked():
-    models = {b: _mpmae(b, mask_ratio=1.0) for b in ("dense", "sparse")}
-    mb, mask, kept = _batch(models["dense"])
-    a, b = (models[k](mb["input"], mb, mask, kept)["loss"] for k in ("dense", "sparse"))
+    models = {b: _mpmae(b) for b in ("dense", "sparse")}
+    mb, mask, _ = _batch(models["dense"])
+    mask = torch.ones_like(mask)
+    a, b = (models[k](mb["input"], mb, mask, 0)["loss"] for k in ("dense", "sparse"))
     torch.testing.assert_close(a, b)
 
 

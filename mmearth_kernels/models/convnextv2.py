@@ -29,7 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import layout as packed
+from ..ops import IMPLS
 from ..masking import check_mask, num_kept  # noqa: F401  (num_kept re-exported for callers building masks)
+from . import args
 from .backends import BACKENDS, Plain
 
 SIZES = {
@@ -111,15 +113,19 @@ class ConvNeXtV2Encoder(nn.Module):
                  stem: str = "mmearth", backend: str = "sparse", grn_stats: str = "per_sample", impl: str = "auto",
                  depths=None, dims=None):
         super().__init__()
-        if depths is None or dims is None:
-            if size not in SIZES:
-                raise ValueError(f"size must be one of {', '.join(SIZES)}, got {size!r}")
-            depths, dims = SIZES[size]
-        if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        if patch_size <= 0 or patch_size % 8:
+        if (depths is None) != (dims is None):
+            raise ValueError(f"depths and dims go together (give both, or neither and a size), got depths={depths!r}, "
+                             f"dims={dims!r}")
+        if depths is None:
+            depths, dims = SIZES[args.choice("size", size, SIZES)]
+        depths, dims = args.ints("depths", depths, 4), args.ints("dims", dims, 4)
+        in_chans = args.positive_int("in_chans", in_chans)
+        args.choice("stem", stem, STEMS)
+        patch_size = args.positive_int("patch_size", patch_size, "a positive multiple of 8")
+        if patch_size % 8:
             raise ValueError(f"patch_size must be a positive multiple of 8, got {patch_size}")
-        if img_size <= 0 or img_size % patch_size:
+        img_size = args.positive_int("img_size", img_size, f"a positive multiple of patch_size {patch_size}")
+        if img_size % patch_size:
             raise ValueError(f"img_size {img_size} must be a positive multiple of patch_size {patch_size}")
         self.depths, self.dims = tuple(depths), tuple(dims)
         self.in_chans, self.img_size, self.patch_size = in_chans, img_size, patch_size
@@ -134,10 +140,9 @@ class ConvNeXtV2Encoder(nn.Module):
 
     # -- configuration -----------------------------------------------------------------------
     def _check_mode(self):
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {self.backend!r}")
-        if self.grn_stats not in GRN_STATS:
-            raise ValueError(f"grn_stats must be one of {GRN_STATS}, got {self.grn_stats!r}")
+        args.choice("backend", self.backend, tuple(BACKENDS))
+        args.choice("grn_stats", self.grn_stats, GRN_STATS)
+        args.choice("impl", self.impl, IMPLS)
 
     @property
     def out_channels(self) -> int:
@@ -178,6 +183,11 @@ class ConvNeXtV2Encoder(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"x must be [B, {want[0]}, {want[1]}, {want[2]}] (in_chans, img_size, img_size), "
                              f"got {tuple(x.shape)}")
+        weights = self.stem.conv.weight.dtype
+        if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x is {x.dtype} but the encoder's weights are {weights}: every backend takes x in the "
+                            f"weights' dtype (float32, float64, float16 or bfloat16: convert the model with "
+                            f"model.to(dtype)), or any floating dtype inside torch.autocast")
         B, g = x.shape[0], self.grid
         if mask is None:
             mask = torch.zeros(B, g, g, dtype=torch.bool, device=x.device)

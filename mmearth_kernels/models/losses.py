@@ -3,7 +3,8 @@
 Pixel tasks are computed on masked patches only: regression as a per-patch MSE averaged over the
 masked patches with a non-zero loss (S2 with per-patch normalisation, ``norm_pix``), per-pixel
 cross-entropy for Dynamic World / ESA WorldCover (target -1 ignored). Image tasks use every sample:
-MSE with NaN targets dropped (ERA5, lat, lon, month), cross-entropy for biome / ecoregion.
+MSE with NaN targets dropped (ERA5, lat, lon, month), cross-entropy for biome / ecoregion (hard labels, or soft
+targets: label distributions).
 
 Every loss is a mean ``sum / count``; the ``*_parts`` functions return the two separately so that a
 data-parallel run can divide by the count summed over all processes (then the averaged gradient equals
@@ -100,11 +101,17 @@ def class_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def class_ce_parts(logits: torch.Tensor, target: torch.Tensor):
-    """``(sum, count)`` of the cross-entropy for biome / ecoregion from a class index (-1 ignored) or from
-    the file's one-hot rows (argmax; an all-zero row is ignored)."""
-    if target.dim() == logits.dim():  # one-hot [B, K] (stored as uint8/uint16)
-        onehot = target.long()
-        target = torch.where(onehot.amax(dim=-1) > 0, onehot.argmax(dim=-1), torch.full_like(onehot[..., 0], -1))
+    """``(sum, count)`` of the cross-entropy for biome / ecoregion from a class index ``[B]`` (-1 ignored) or
+    from rows ``[B, K]`` of non-negative class weights (the file's one-hot rows, or label distributions): each
+    row, divided by its sum, is a soft target (a one-hot row gives exactly the hard-label loss; a row marking
+    several classes spreads the target over them); an all-zero row is ignored."""
+    if target.dim() == logits.dim():
+        w = target.float()
+        total = w.sum(dim=-1, keepdim=True)
+        keep = total[..., 0] > 0
+        soft = torch.where(total > 0, w / total.clamp_min(torch.finfo(w.dtype).tiny), torch.zeros_like(w))
+        loss = F.cross_entropy(logits.float(), soft, reduction="none")
+        return (loss * keep).sum(), keep.sum()
     keep = target >= 0
     loss = F.cross_entropy(logits, target.clamp_min(0), reduction="none")
     return (loss * keep).sum(), keep.sum()

@@ -14,11 +14,26 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..masking import check_mask, num_kept, random_patch_mask
-from . import losses as loss_fns
+from . import args, losses as loss_fns
 from .backends import Plain
 from ..tasks import (CLASS_TASKS, IMAGE_TASKS, PIXEL_CLASS_TASKS, PIXEL_TASKS, TASK_ORDER,  # noqa: F401 (re-exported)
                      TASK_SETS, check_targets, resolve_tasks)
 from .convnextv2 import LN_EPS, Block, ConvNeXtV2Encoder
+
+
+def check_mask_ratio(mask_ratio: float, grid: int, tasks) -> None:
+    """A mask ratio that leaves the encoder nothing to see, or (with pixel tasks only, which learn on masked
+    patches) nothing to predict, trains nothing: refused."""
+    L = grid * grid
+    kept = num_kept(L, mask_ratio)
+    if kept == 0:
+        raise ValueError(f"mask_ratio {mask_ratio} keeps no patch of the {grid}x{grid} grid (int({L} * (1 - "
+                         f"mask_ratio)) = 0): the encoder would see nothing; use at most {1 - 1 / L:.4f}")
+    if kept == L and not any(t in IMAGE_TASKS for t in tasks):
+        raise ValueError(f"mask_ratio {mask_ratio} masks no patch of the {grid}x{grid} grid, and the tasks "
+                         f"({', '.join(tasks)}) are pixel tasks, which learn on masked patches only: the objective "
+                         f"is empty; use a ratio > 0 or add an image task")
+
 
 class MPMAE(nn.Module):
     def __init__(self, size: str = "atto", img_size: int = 56, patch_size: int = 8, in_chans: int = 12,
@@ -27,18 +42,18 @@ class MPMAE(nn.Module):
                  backend: str = "sparse", grn_stats: str = "per_sample", impl: str = "auto", stem: str = "mmearth",
                  init: str = "mmearth"):
         super().__init__()
-        if decoder not in ("shared", "per_task"):
-            raise ValueError(f"decoder must be 'shared' or 'per_task', got {decoder!r}")
-        if loss_weighting not in ("uncertainty", "unweighted"):
-            raise ValueError(f"loss_weighting must be 'uncertainty' or 'unweighted', got {loss_weighting!r}")
-        if nodata not in ("zero", "ignore"):
-            raise ValueError(f"nodata must be 'zero' or 'ignore', got {nodata!r}")
-        if isinstance(decoder_dim, bool) or not isinstance(decoder_dim, int) or decoder_dim < 1:
-            raise ValueError(f"decoder_dim must be a positive int (512 as released), got {decoder_dim!r}")
+        args.choice("decoder", decoder, ("shared", "per_task"))
+        args.choice("loss_weighting", loss_weighting, ("uncertainty", "unweighted"))
+        args.choice("nodata", nodata, ("zero", "ignore"))
+        args.choice("init", init, ("mmearth", "standard"))
+        decoder_dim = args.positive_int("decoder_dim", decoder_dim, "a positive int (512 as released)")
+        norm_pix_loss = args.flag("norm_pix_loss", norm_pix_loss)
+        mask_ratio = args.real_in("mask_ratio", mask_ratio, 0.0, 1.0)
         self.tasks = resolve_tasks(tasks)
         self.encoder = ConvNeXtV2Encoder(size, in_chans=in_chans, img_size=img_size, patch_size=patch_size, stem=stem,
                                          backend=backend, grn_stats=grn_stats, impl=impl)
-        self.patch_size, self.grid = patch_size, self.encoder.grid
+        self.patch_size, self.grid = self.encoder.patch_size, self.encoder.grid
+        check_mask_ratio(mask_ratio, self.grid, self.tasks)
         self.mask_ratio, self.norm_pix_loss, self.loss_weighting, self.nodata = (mask_ratio, norm_pix_loss,
                                                                                   loss_weighting, nodata)
         self.decoder_mode = decoder
@@ -48,7 +63,7 @@ class MPMAE(nn.Module):
             self.decoder = Block(decoder_dim)
         else:
             self.decoder = nn.ModuleDict({t: Block(decoder_dim) for t in self.tasks})
-        p2 = patch_size * patch_size
+        p2 = self.patch_size * self.patch_size
         self.pixel_heads = nn.ModuleDict({t: nn.Conv2d(decoder_dim, p2 * PIXEL_TASKS[t], 1)
                                           for t in self.tasks if t in PIXEL_TASKS})
         self.image_norm = nn.LayerNorm(decoder_dim, eps=LN_EPS)
@@ -111,7 +126,7 @@ class MPMAE(nn.Module):
             x: encoder input ``[B, in_chans, img, img]`` (NaN-free).
             targets: per task, as ``train.data`` returns them: pixel regression ``[B, C, img, img]`` (NaN =
                 no data), DW/ESA ``[B, img, img]`` int64 (-1 = no data), image regression ``[B, C]``,
-                biome/ecoregion ``[B]`` int64 class index.
+                biome/ecoregion ``[B]`` int64 class index or ``[B, K]`` class weights (label distributions).
             mask: ``[B, g, g]`` (1 = masked); None draws FCMAE's random mask with ``mask_ratio``.
             sync_counts: data parallel only: maps this process's per-task element counts ``[T]`` to
                 ``(counts summed over processes, number of processes)``. Each task loss is then
