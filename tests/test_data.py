@@ -73,7 +73,9 @@ def test_quality_layers_and_b10_as_in_the_real_files(stem):
     assert len(_stats(stem)["sentinel2_cloudmask"]["mean"]) == 1
 
 
-def test_multi_hot_biome_rows_are_refused(stem, tmp_path):
+def test_multi_hot_biome_rows_by_label_policy(stem, tmp_path):
+    """A row marking two biomes: soft (the default) reads it as half on each, saying so once; strict refuses it,
+    naming the file, the modality, the row and the option."""
     d = _copy(stem, tmp_path)
 
     def two_biomes(f):
@@ -82,15 +84,18 @@ def test_multi_hot_biome_rows_are_refused(stem, tmp_path):
         f["biome"][2] = row
 
     _edit_h5(d + ".h5", two_biomes)
-    ds = MMEarthDataset(d, split="train")
-    pos = list(ds.rows).index(2) if 2 in ds.rows else None
-    rows = list(range(len(ds)))
-    if pos is None:
-        ds = MMEarthDataset(d, split="val" if 2 in MMEarthDataset(d, split="val").rows else "test")
-        rows, pos = list(range(len(ds))), list(ds.rows).index(2)
-    with pytest.raises(DataError, match=r"modality 'biome', row 2: a one-hot row with 2 non-zero entries"):
-        ds.read_batch(rows)
-    assert ds.read_batch([i for i in rows if i != pos])["biome"].shape[0] == len(rows) - 1
+    split = next(k for k in ("train", "val", "test") if 2 in MMEarthDataset(d, split=k).rows)
+    ds = MMEarthDataset(d, split=split)
+    rows, pos = list(range(len(ds))), list(ds.rows).index(2)
+    with pytest.warns(UserWarning, match=r"modality 'biome' has rows that mark several classes .*label-policy soft"):
+        got = ds.read_batch(rows)["biome"]
+    want = torch.from_numpy(_raw(d, "biome", 2).astype(np.float32))
+    assert torch.equal(got[pos], want / 2) and (want > 0).sum() == 2
+    strict = MMEarthDataset(d, split=split, label_policy="strict")
+    with pytest.raises(DataError, match=r"d.h5: modality 'biome', row 2: a one-hot row with 2 non-zero entries.*"
+                                        r"--label-policy strict"):
+        strict.read_batch(rows)
+    assert strict.read_batch([i for i in rows if i != pos])["biome"].shape[0] == len(rows) - 1
 
 
 def test_every_modality_decodes(stem):
@@ -129,9 +134,10 @@ def test_every_modality_decodes(stem):
         lut = {c: k for k, c in enumerate(ESA_CODES)}
         want = torch.tensor([[lut.get(int(v), -1) for v in line] for line in esa])
         assert torch.equal(sample["esa_worldcover"], want)
-        # one-hot -> class index
-        assert sample["biome"] == int(np.argmax(_raw(stem, "biome", row)))
-        assert sample["eco_region"] == int(np.argmax(_raw(stem, "eco_region", row)))
+        # one-hot rows -> label distributions (one class: the row itself)
+        for name in ("biome", "eco_region"):
+            assert torch.equal(sample[name], torch.from_numpy(_raw(stem, name, row).astype(np.float32))), name
+            assert sample[name].sum() == 1
 
 
 def test_no_data_policy(stem):
@@ -337,8 +343,10 @@ def test_generator_never_overwrites(stem):
 def test_bad_arguments(stem):
     with pytest.raises(ValueError, match="unknown modality"):
         MMEarthDataset(stem, targets=("sentinel3",))
-    with pytest.raises(ValueError, match="crop must be in"):
+    with pytest.raises(DataError, match=r"crop must be an int in \(0, 64\] for its 64 px tiles, got 80"):
         MMEarthDataset(stem, crop=80)
+    with pytest.raises(ValueError, match="label_policy must be one of soft, strict, got 'lenient'"):
+        MMEarthDataset(stem, label_policy="lenient")
     with pytest.raises(ValueError, match="input modality 'biome'"):
         MMEarthDataset(stem, inputs=("biome",))
 
@@ -369,3 +377,45 @@ def test_read_batch_is_the_samples_stacked(stem, tmp_path):
             assert v.shape[0] == len(idx), k
             assert torch.equal(v.nan_to_num(), torch.stack([it[k] for it in items]).nan_to_num()), k
         assert batch["index"].tolist() == ds.rows[idx].tolist()
+
+
+@pytest.mark.parametrize("listed", ["empty list", "not listed"])
+def test_an_empty_val_or_test_split_reads_as_zero_rows(stem, tmp_path, listed):
+    """A file whose val/test split has no rows (torchgeo's fixtures, or upstream's splits writer with the default
+    train fraction 1.0) reads fine, cropped or not, through the cache too; a run that needs the split is told
+    that it is empty."""
+    d = copy_dataset(stem, tmp_path)
+    with open(d + "_splits.json") as f:
+        splits = json.load(f)
+    splits["train"] += splits.pop("val")
+    if listed == "empty list":
+        splits["val"] = []
+    with open(d + "_splits.json", "w") as f:
+        json.dump(splits, f)
+    cache = build_cache(d, str(tmp_path / "cache"))
+    for kw in (dict(crop=56), dict(crop=None), dict(crop=56, cache=cache), dict(crop=56, normalize=False)):
+        ds = MMEarthDataset(d, split="val", **kw)
+        assert len(ds) == 0
+        batch = ds.read_batch([])
+        key = "input" if kw.get("normalize", True) else "raw_sentinel2"
+        assert batch[key].shape[0] == 0 and batch[key].shape[-1] == (kw["crop"] or SIZE)
+        assert list(torch.utils.data.DataLoader(ds, batch_size=4)) == []
+    with pytest.raises(DataError, match=r"split 'val' is empty \(no rows; the file's splits: .*train \(\d+ rows\).*\); "
+                                        r"the probe's scoring needs rows in it"):
+        ds.require_rows("the probe's scoring")
+    MMEarthDataset(d, split="train").require_rows("pretraining")  # has rows: no error
+    with pytest.raises(DataError, match="no split 'holdout'"):
+        MMEarthDataset(d, split="holdout")
+
+
+def test_probe_labels_from_label_distributions():
+    """The probe's biome / eco-region label: the class of a one-class row; a row marking several classes, or none,
+    is not one label (unlabelled, -1), whatever the label policy made of it for pretraining."""
+    from train.probe import _labels_from_targets
+
+    rows = torch.zeros(4, 14)
+    rows[0, 3] = 1
+    rows[1, [2, 5]] = 0.5
+    rows[3, 13] = 1
+    assert _labels_from_targets({"biome": rows}, "biome").tolist() == [3, -1, -1, 13]
+    assert _labels_from_targets({"biome": torch.tensor([4, -1])}, "biome").tolist() == [4, -1]

@@ -40,6 +40,10 @@ class TrainConfig:
     decoder_dim: int = _f(512, "decoder width (512 as released)")
     mask_ratio: float = _f(0.6, "FCMAE mask ratio (keeps int(49 * (1 - ratio)) patches)")
     loss_weighting: str = _f("uncertainty", "uncertainty (sum exp(-s) L + s) or unweighted")
+    label_policy: str = _f("soft", "biome / eco-region rows that mark several classes (torchgeo's MMEarth fixture "
+                                   "files hold such rows): soft = the row is a label distribution over its classes "
+                                   "(cross-entropy with soft targets; a one-hot row is the usual hard label), strict = "
+                                   "refuse the file")
     stem: str = _f("mmearth", "encoder stem: mmearth (3x3 conv at full resolution, LN, GELU, depthwise, LN; as "
                               "released) or original (FCMAE's patchify conv: the stem timm's ConvNeXt V2 has)")
     init: str = _f("mmearth", "weight init: mmearth (as released, std-1.0 quirk) or standard (std 0.02)")
@@ -118,21 +122,50 @@ def _opt(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _check_types(cfg: TrainConfig, need) -> None:
+    """The types first (a dataclass does not check them). numpy scalars become the Python numbers they hold
+    (the config is saved in checkpoints, which load plain types only); a bool is not a number, a float is not
+    an int (even 7.0), an int is a fine float."""
+    import numbers
+
+    for f in dataclasses.fields(TrainConfig):
+        v, t = getattr(cfg, f.name), f.type if isinstance(f.type, str) else f.type.__name__
+        is_bool = isinstance(v, bool) or type(v).__name__ in ("bool", "bool_")  # numpy's bool (2.x, 1.x)
+        ok = {"bool": is_bool, "int": not is_bool and isinstance(v, numbers.Integral),
+              "float": not is_bool and isinstance(v, numbers.Real), "str": isinstance(v, str)}[t]
+        need(ok, f.name, {"bool": "True or False", "int": "an int", "float": "a number", "str": "a string"}[t])
+        setattr(cfg, f.name, {"bool": bool, "int": int, "float": float, "str": str}[t](v))
+
+
+def _check_paths(cfg: TrainConfig) -> None:
+    """Folders the run writes into must be folders that can be made or written, found out now rather than
+    after the data and the model are ready."""
+    for name, path in [("out", cfg.out)] + [("data_dir", os.path.expanduser(cfg.data_dir))] * (not cfg.data):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ConfigError(f"{_opt(name)} {path} is a file; it must be a folder (made if missing)")
+        there = os.path.abspath(path)
+        while not os.path.exists(there):
+            there = os.path.dirname(there)
+        if not os.path.isdir(there):
+            raise ConfigError(f"{_opt(name)} {path}: {there} is a file, so the folder cannot be made there")
+        if not os.access(there, os.W_OK | os.X_OK):
+            raise ConfigError(f"{_opt(name)} {path}: no permission to write in {there}")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Every option checked before anything runs; raises ConfigError naming the first bad one."""
     from mmearth_kernels.models.convnextv2 import BACKENDS, GRN_STATS, SIZES, STEMS
+    from mmearth_kernels.models.mpmae import check_mask_ratio
     from mmearth_kernels.tasks import resolve_tasks
     from mmearth_kernels.ops import IMPLS
+
+    from .data.reader import LABEL_POLICIES
 
     def need(ok: bool, name: str, what: str):
         if not ok:
             raise ConfigError(f"{_opt(name)} must be {what}, got {getattr(cfg, name)!r}")
 
-    for f in dataclasses.fields(TrainConfig):  # the types first (a dataclass does not check them)
-        v, t = getattr(cfg, f.name), f.type if isinstance(f.type, str) else f.type.__name__
-        ok = {"bool": isinstance(v, bool), "int": isinstance(v, int) and not isinstance(v, bool),
-              "float": isinstance(v, (int, float)) and not isinstance(v, bool), "str": isinstance(v, str)}[t]
-        need(ok, f.name, f"a{'n' if t == 'int' else ''} {t}")
+    _check_types(cfg, need)
     for name in ("batch_size", "accum", "log_every", "ckpt_every", "patch_size", "decoder_dim", "crop"):
         need(getattr(cfg, name) >= 1, name, "a positive int")
     for name in ("png_every", "steps", "stop_after", "warmup_steps"):
@@ -145,6 +178,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
          "a finite number > 0 (or give --steps)")
     need(cfg.workers >= -1, "workers", "-1 (auto), 0 or a positive int")
     need(0.0 <= cfg.mask_ratio <= 1.0, "mask_ratio", "in [0, 1]")
+    need(0 <= cfg.seed < 2**63, "seed", "an int in [0, 2**63)")
+    need(cfg.label_policy in LABEL_POLICIES, "label_policy", " or ".join(LABEL_POLICIES))
     need(cfg.patch_size % 8 == 0, "patch_size", "a multiple of 8")
     need(cfg.crop % cfg.patch_size == 0, "crop", f"a multiple of --patch-size {cfg.patch_size}")
     need(cfg.model in SIZES, "model", f"one of {', '.join(SIZES)}")
@@ -171,9 +206,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           "or fp32")
     need(cfg.precision in ("auto", "fp32", "bf16"), "precision", "auto, fp32 or bf16")
     try:
-        resolve_tasks(cfg.tasks)
+        tasks = resolve_tasks(cfg.tasks)
     except ValueError as e:
         raise ConfigError(f"--tasks: {e}") from None
+    try:
+        check_mask_ratio(cfg.mask_ratio, cfg.crop // cfg.patch_size, tasks)
+    except ValueError as e:
+        raise ConfigError(f"--mask-ratio: {e} (--crop {cfg.crop} / --patch-size {cfg.patch_size}, --tasks "
+                          f"{cfg.tasks})") from None
+    _check_paths(cfg)
     return cfg
 
 

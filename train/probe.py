@@ -111,8 +111,9 @@ def _labels_from_targets(batch: dict, label: str) -> torch.Tensor:
         band = torch.bucketize(mean, torch.tensor(ELEVATION_CUTS, dtype=mean.dtype))
         return torch.where(valid.any(1), band, -1)
     y = batch[label]
-    if y.dim() == 2:  # the file's one-hot rows
-        return torch.where(y.amax(1) > 0, y.long().argmax(1), -1)
+    if y.dim() == 2:  # label distributions (train.data): a row of one class is that class; a row marking several
+        # (--label-policy soft reads them; torchgeo's fixtures have them) or none is not one label: unlabelled
+        return torch.where(y.amax(1) == 1, y.argmax(1), -1)
     return y.long()
 
 

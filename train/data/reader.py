@@ -8,12 +8,23 @@ stored code, before remapping); input and target never share storage.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
 from .cache_format import open_cache
 from .modalities import ALL_TASKS, MODALITIES, DataError, dw_lookup, esa_lookup, used_channels  # noqa: F401
 from .sources import H5Source, Source, load_json
+
+SPLITS = ("train", "val", "test")
+
+
+# Biome / eco-region rows that mark several classes (torchgeo's MMEarth fixture generator writes rows of all ones
+# or all zeros; a real file holds one-hot rows): "soft" reads every row as a label distribution over the classes
+# it marks (cross-entropy with soft targets; for a one-hot row exactly the hard-label loss), "strict" refuses a
+# row with more than one class, naming the file, modality and row.
+LABEL_POLICIES = ("soft", "strict")
 
 
 def stats_arrays(stats: dict, path: str, names) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -48,7 +59,8 @@ def normalize_batch(raw: dict[str, torch.Tensor], l2a: torch.Tensor, stats: dict
 
     ``raw[name]`` is ``[B, C, H, W]`` or ``[B, C]`` in the stored dtype with the used channels;
     ``l2a`` ``[B]`` bool picks the S2 statistics per tile. Returns ``input`` ``[B, C_in, H, W]``
-    (NaN-free), each target (float with NaN, or int64 with -1), and ``<name>_valid`` masks.
+    (NaN-free), each target (continuous: float with NaN; DW/ESA: int64 with -1; biome/eco-region: float
+    label distributions ``[B, K]``, all zeros when unlabelled), and ``<name>_valid`` masks.
     """
     dev = l2a.device
     out = {}
@@ -83,11 +95,12 @@ def normalize_batch(raw: dict[str, torch.Tensor], l2a: torch.Tensor, stats: dict
                 lut = dw_lookup() if name == "dynamic_world" else esa_lookup()
             lut = torch.as_tensor(lut, device=dev)
             out[name] = lut[x[:, 0].long()]  # [B, H, W] int64, -1 = no data
-        else:  # one-hot -> class index; an all-zero or no-data row -> -1
-            xi = x.long()
-            idx = xi.argmax(dim=1)
-            valid = (xi.max(dim=1).values == 1) & ~(xi == m.no_data[0]).any(dim=1)
-            out[name] = torch.where(valid, idx, torch.full_like(idx, -1))
+        else:  # biome / eco-region rows -> label distributions [B, K] (LABEL_POLICIES): the row's weights over
+            # its classes, summing to 1 (a one-hot row is its class); an all-zero or no-data row -> all zeros,
+            # which the loss ignores
+            w = x.to(torch.float32).masked_fill((x == m.no_data[0]).any(dim=1, keepdim=True), 0.0)
+            total = w.sum(dim=1, keepdim=True)
+            out[name] = torch.where(total > 0, w / total.clamp_min(1.0), torch.zeros_like(w))
     # The encoder input: its own tensor (never a view of a target), no NaN/inf.
     if inputs:
         out["input"] = torch.cat([torch.nan_to_num(dense[n], nan=0.0, posinf=0.0, neginf=0.0) for n in inputs], dim=1)
@@ -108,7 +121,9 @@ class MMEarthDataset(torch.utils.data.Dataset):
 
     Args:
         stem: path of the files without extension (``.../data_1M_v001_64/data_1M_v001_64``), or the ``.h5``.
-        split: ``"train"``, ``"val"`` or ``"test"`` (rows listed in ``<stem>_splits.json``).
+        split: ``"train"``, ``"val"`` or ``"test"`` (rows listed in ``<stem>_splits.json``; a split listed with no
+            rows, or not listed, is empty: it reads as 0 rows, and :meth:`require_rows` says so for a run that
+            needs it).
         inputs: pixel modalities concatenated into the encoder input (default Sentinel-2, 12 bands).
         targets: modalities returned as targets (default: all 12 tasks).
         crop: side of the random crop (64 -> 56, 128 -> 112), one offset per sample for every pixel
@@ -117,11 +132,17 @@ class MMEarthDataset(torch.utils.data.Dataset):
         cache: a directory made by ``python -m train.data.cache`` (uncompressed, memory-mapped).
         normalize: False returns raw stored values (``raw_<name>``, ``l2a``) so that
             :func:`normalize_batch` can run on the GPU after the transfer.
+        label_policy: biome / eco-region rows marking several classes (:data:`LABEL_POLICIES`): "soft" (label
+            distributions, said once as a warning) or "strict" (a DataError naming the row).
     Each sample holds ``input``, every target (and ``<name>_valid`` for continuous ones), ``index``.
     """
 
     def __init__(self, stem: str, split: str = "train", inputs=("sentinel2",), targets=ALL_TASKS,
-                 crop: int | None = None, seed: int = 0, cache: str | None = None, normalize: bool = True):
+                 crop: int | None = None, seed: int = 0, cache: str | None = None, normalize: bool = True,
+                 label_policy: str = "soft"):
+        if label_policy not in LABEL_POLICIES:
+            raise ValueError(f"label_policy must be one of {', '.join(LABEL_POLICIES)}, got {label_policy!r}")
+        self.label_policy, self._told_multi_hot = label_policy, False
         self.stem = stem[:-3] if stem.endswith(".h5") else stem
         self.path = self.stem + ".h5"
         self.inputs, self.targets = tuple(inputs), tuple(targets)
@@ -135,15 +156,18 @@ class MMEarthDataset(torch.utils.data.Dataset):
         self.normalize, self.seed, self.epoch = normalize, seed, 0
         self.h5 = H5Source(self.path, self.names, self.stem + "_tile_info.json")
         self.n, self.size = self.h5.n, self.h5.size
-        if crop is not None and not 0 < crop <= self.size:
-            raise ValueError(f"crop must be in (0, {self.size}] for {self.size} px tiles, got {crop}")
+        if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int) or not 0 < crop <= self.size):
+            raise DataError(f"{self.path}: crop must be an int in (0, {self.size}] for its {self.size} px tiles, got "
+                            f"{crop!r}")
         self.crop = crop
         self.stats = stats_arrays(load_json(self.stem + "_band_stats.json", "band statistics"),
                                   self.stem + "_band_stats.json", self.names)
         splits = load_json(self.stem + "_splits.json", "splits")
-        if split not in splits:
+        self.split = split
+        self._split_sizes = {k: len(v) if isinstance(v, list) else "?" for k, v in splits.items()}
+        if split not in splits and split not in SPLITS:
             raise DataError(f"{self.stem}_splits.json: no split {split!r} (has {', '.join(splits)})")
-        listed = splits[split]
+        listed = splits.get(split, [])  # a standard split the file does not list has no rows: an empty split
         if not isinstance(listed, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in listed):
             bad = next((r for r in listed if not isinstance(r, int) or isinstance(r, bool)), listed) \
                 if isinstance(listed, list) else listed
@@ -157,6 +181,13 @@ class MMEarthDataset(torch.utils.data.Dataset):
         self.rows = rows
         # Where rows are read from: the HDF5 file, or the cache made from it (checked against it)
         self.source: Source = self.h5 if cache is None else open_cache(cache, self.path, self.names)
+
+    def require_rows(self, needed_by: str) -> None:
+        """For a run that cannot do without this split: a DataError saying that it is empty."""
+        if not len(self):
+            listed = ", ".join(f"{k} ({n} rows)" for k, n in self._split_sizes.items()) or "none"
+            raise DataError(f"{self.stem}_splits.json: split {self.split!r} is empty (no rows; the file's splits: "
+                            f"{listed}); {needed_by} needs rows in it")
 
     def set_epoch(self, epoch: int) -> None:
         """New crop offsets per epoch (still a function of seed, epoch and row)."""
@@ -178,8 +209,8 @@ class MMEarthDataset(torch.utils.data.Dataset):
         return {k: v[pick] for k, v in raw.items()}, l2a[pick]
 
     def _check_one_hot(self, raw: dict[str, np.ndarray], rows: np.ndarray) -> None:
-        """Biome / ecoregion rows hold one 1 (or none: unlabelled; or the no-data value). Several would be taken
-        as the first silently, so they are refused (on the host, before any copy: no device sync)."""
+        """Biome / ecoregion rows that mark several classes (on the host, before any copy: no device sync):
+        refused under ``label_policy="strict"``; under "soft" read as label distributions, said once."""
         for name in self.names:
             m = MODALITIES[name]
             if m.kind != "onehot":
@@ -188,12 +219,20 @@ class MMEarthDataset(torch.utils.data.Dataset):
             labelled = ~(a == m.no_data[0]).any(axis=1)
             ones = (a != 0).sum(axis=1)
             bad = np.flatnonzero(labelled & ((ones > 1) | (a.max(axis=1, initial=0) > 1)))
-            if bad.size:
-                r = int(rows[bad[0]])
+            if not bad.size:
+                continue
+            r = int(rows[bad[0]])
+            if self.label_policy == "strict":
                 raise DataError(f"{self.path}: modality {name!r}, row {r}: a one-hot row with "
                                 f"{int(ones[bad[0]])} non-zero entries (classes "
                                 f"{np.flatnonzero(a[bad[0]])[:6].tolist()}); expected exactly one 1, all zeros "
-                                f"(unlabelled) or the no-data value {m.no_data[0]}")
+                                f"(unlabelled) or the no-data value {m.no_data[0]} (--label-policy strict; the "
+                                f"default, soft, reads such a row as a label distribution over its classes)")
+            if not self._told_multi_hot:
+                self._told_multi_hot = True
+                warnings.warn(f"{self.path}: modality {name!r} has rows that mark several classes (row {r}: "
+                              f"{int(ones[bad[0]])}); they are read as label distributions over those classes "
+                              f"(--label-policy soft; strict refuses them)", stacklevel=3)
 
     def _crop(self, raw: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
         if self.crop is None or self.crop == self.size:
@@ -204,7 +243,8 @@ class MMEarthDataset(torch.utils.data.Dataset):
         for name in self.names:
             if MODALITIES[name].level == "pixel":
                 a = raw[name]
-                out[name] = np.stack([a[i, :, y:y + self.crop, x:x + self.crop] for i, (y, x) in enumerate(offs)])
+                out[name] = np.stack([a[i, :, y:y + self.crop, x:x + self.crop] for i, (y, x) in enumerate(offs)]) \
+                    if len(rows) else a[:, :, :self.crop, :self.crop]  # an empty batch (an empty split) keeps shape
         return out
 
     def read_batch(self, idxs) -> dict[str, torch.Tensor]:
