@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import zipfile
 
 import numpy as np
 import torch
@@ -49,13 +51,28 @@ SPLITS = ("train", "val", "test")
 
 
 # -- encoders -----------------------------------------------------------------------------------
+class ProbeError(ValueError):
+    """A mistake in the probe's options or inputs: the message names the option; the CLI prints it as one line."""
+
+
+_CONFIG_KEYS = ("model", "patch_size", "crop", "decoder", "init", "seed", "tasks")
+
+
 def _load_trainer_checkpoint(path: str) -> dict:
+    """A trainer checkpoint, loaded safely (``train.checkpoint.load_checkpoint``: no code from the file runs);
+    FileNotFoundError when there is none, a ProbeError for a damaged or foreign file."""
+    from .checkpoint import CheckpointError, load_checkpoint
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--checkpoint: no file at {path}")
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
-        raise ValueError(f"--checkpoint {path}: expected a trainer checkpoint (keys 'model', 'config'), "
-                         f"got keys {sorted(ck)[:6] if isinstance(ck, dict) else type(ck).__name__}")
+    try:
+        ck = load_checkpoint(path)
+    except CheckpointError as e:
+        raise ProbeError(f"--checkpoint: {e}") from None
+    cfg = ck.get("config")
+    if not isinstance(ck.get("model"), dict) or not isinstance(cfg, dict) or any(k not in cfg for k in _CONFIG_KEYS):
+        raise ProbeError(f"--checkpoint {path}: expected a trainer checkpoint (a 'model' state dict and its 'config' "
+                         f"with {', '.join(_CONFIG_KEYS)}), got keys {sorted(map(str, ck))[:6]}")
     return ck
 
 
@@ -76,7 +93,11 @@ def encoder_from_checkpoint(path: str, img_size: int, random_init: bool = False)
         state = {k[len("encoder."):]: v for k, v in start.state_dict().items() if k.startswith("encoder.")}
     else:
         state = {k[len("encoder."):]: v for k, v in ck["model"].items() if k.startswith("encoder.")}
-    enc.load_state_dict(state)
+    try:
+        enc.load_state_dict(state)
+    except RuntimeError as e:
+        raise ProbeError(f"--checkpoint {path}: its encoder weights do not fit its own config "
+                         f"({str(e).splitlines()[0]})") from None
     return enc.eval()
 
 
@@ -122,9 +143,11 @@ def load_mmearth(stem: str, label: str, split: str, limit: int = 0, crop: int | 
     from .data import MMEarthDataset
 
     if label not in LABELS:
-        raise ValueError(f"--label must be one of {', '.join(LABELS)}, got {label!r}")
+        raise ProbeError(f"--label must be one of {', '.join(LABELS)}, got {label!r}")
     target = _TARGET_OF.get(label, label)
     ds = MMEarthDataset(stem, split=split, targets=(target,), crop=crop)  # crop: seeded, one per tile
+    if split == "train":
+        ds.require_rows("the probe's fit")
     n = len(ds) if not limit else min(limit, len(ds))
     xs, ys = [], []
     for s in range(0, n, 128):
@@ -137,23 +160,39 @@ def load_mmearth(stem: str, label: str, split: str, limit: int = 0, crop: int | 
 
 
 def load_arrays(path: str, val_fraction: float, seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """``x``/``y``[/``split``] from .npz or .h5, as {split: (x, y)}."""
-    if path.endswith(".npz"):
-        with np.load(path) as f:
-            arrays = {k: f[k] for k in f.files}
-    else:
-        import h5py
+    """``x``/``y``[/``split``] from .npz or .h5, as {split: (x, y)}; a ProbeError naming ``--data`` for a
+    missing, unreadable or malformed file."""
+    if not os.path.isfile(path):
+        raise ProbeError(f"--data: no file at {path}")
+    try:
+        if path.endswith(".npz"):
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        else:
+            import h5py
 
-        with h5py.File(path, "r") as f:
-            arrays = {k: f[k][()] for k in f.keys()}
+            with h5py.File(path, "r") as f:
+                arrays = {k: f[k][()] for k in f.keys()}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise ProbeError(f"--data {path}: not a readable {'.npz' if path.endswith('.npz') else 'HDF5'} file "
+                         f"(truncated or another kind of file?): {str(e).splitlines()[0] if str(e) else e!r}") from None
     for key in ("x", "y"):
         if key not in arrays:
-            raise ValueError(f"--data {path}: needs arrays 'x' [N, C, H, W] and 'y' [N]; has {sorted(arrays)}")
-    x, y = torch.from_numpy(np.asarray(arrays["x"], np.float32)), torch.from_numpy(np.asarray(arrays["y"])).long()
-    if x.dim() != 4 or y.shape != (x.shape[0],):
-        raise ValueError(f"--data {path}: x must be [N, C, H, W] and y [N], got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ProbeError(f"--data {path}: needs arrays 'x' [N, C, H, W] and 'y' [N]; has {sorted(arrays)}")
+    xa, ya = np.asarray(arrays["x"]), np.asarray(arrays["y"])
+    if xa.ndim != 4 or ya.shape != (xa.shape[0],):
+        raise ProbeError(f"--data {path}: x must be [N, C, H, W] and y [N], got {xa.shape} and {ya.shape}")
+    for key, a in (("y", ya), ("split", np.asarray(arrays.get("split", ya)))):  # whole numbers, stored as ints or not
+        if a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.round(a)).all()):
+            raise ProbeError(f"--data {path}: {key} must hold integers (class labels), got {a.dtype} values such as "
+                             f"{a.ravel()[:3].tolist()}")
+    if xa.dtype.kind not in "biuf":
+        raise ProbeError(f"--data {path}: x must hold numbers, got {xa.dtype}")
+    x, y = torch.from_numpy(np.asarray(xa, np.float32)), torch.from_numpy(ya.astype(np.int64))
     if "split" in arrays:
-        split = torch.from_numpy(np.asarray(arrays["split"])).long()
+        split = torch.from_numpy(np.asarray(arrays["split"]).astype(np.int64))
+        if split.shape != y.shape or not ((split >= 0) & (split < len(SPLITS))).all():
+            raise ProbeError(f"--data {path}: split must be [N] of 0 (train), 1 (val), 2 (test)")
     else:
         g = torch.Generator().manual_seed(seed)
         split = (torch.rand(len(y), generator=g) < val_fraction).long()
@@ -233,9 +272,16 @@ def probe(checkpoint: str, data: dict[str, tuple[torch.Tensor, torch.Tensor]], b
           wd: float | None = None) -> dict:
     """Fit on ``data["train"]``, score every split; with ``baseline``, also the random-init encoder."""
     if "train" not in data:
-        raise ValueError("the labelled set has no training rows")
+        raise ProbeError("--data: the labelled set has no training rows")
     img = data["train"][0].shape[-1]
     ytr = data["train"][1]
+    if not (ytr >= 0).any():
+        raise ProbeError("--data: no labelled row in the training rows (every label is -1, unknown)")
+    patch = _load_trainer_checkpoint(checkpoint)["config"]["patch_size"]
+    for k, (x, _) in data.items():
+        if x.dim() != 4 or x.shape[1] != 12 or x.shape[2] != x.shape[3] or x.shape[2] % patch:
+            raise ProbeError(f"--data: split {k}: inputs must be [N, 12, H, H] with H a multiple of the checkpoint's "
+                             f"patch size {patch} (--crop for MMEarth files), got {tuple(x.shape)}")
     majority = torch.bincount(ytr[ytr >= 0]).argmax()
     report = {"checkpoint": os.path.abspath(checkpoint), "rows": {k: len(v[1]) for k, v in data.items()},
               "majority_class": {k: float((v[1][v[1] >= 0] == majority).double().mean()) for k, v in data.items()}}
@@ -248,9 +294,43 @@ def probe(checkpoint: str, data: dict[str, tuple[torch.Tensor, torch.Tensor]], b
     return report
 
 
+def _check_output(ap, option: str, path: str, must_not_exist: bool) -> None:
+    """An output path the run will write at its end, checked before the work: not a folder, in a folder that
+    exists and can be written (and for ``--export``, not there yet)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        ap.error(f"{option} {path} is a folder; give a file name")
+    if must_not_exist and os.path.exists(path):
+        ap.error(f"{option} {path} exists; not overwriting it")
+    if not os.path.isdir(folder):
+        ap.error(f"{option} {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        ap.error(f"{option} {path}: no permission to write in {folder}")
+
+
+def _check_args(ap, args) -> None:
+    for name in ("limit", "crop", "seed"):
+        if getattr(args, name) < 0:
+            ap.error(f"--{name} must be an int >= 0, got {getattr(args, name)}")
+    if not 0 <= args.val_fraction < 1:
+        ap.error(f"--val-fraction must be a number in [0, 1), got {args.val_fraction}")
+    if args.wd is not None and not (math.isfinite(args.wd) and args.wd >= 0):
+        ap.error(f"--wd must be a finite number >= 0, got {args.wd}")
+    if args.json:
+        _check_output(ap, "--json", args.json, must_not_exist=False)
+    if args.export:
+        _check_output(ap, "--export", args.export, must_not_exist=True)
+    elif not args.data:
+        ap.error("--data is required (or --export)")
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="mmearth-probe", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from .data import DataError
+    from .data.cli import ArgumentParser
+    from .data.files import WriteError, write_atomically
+
+    ap = ArgumentParser(prog="mmearth-probe", description=__doc__.split("\n\n")[0],
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a trainer checkpoint (e.g. runs/demo/last.pt)")
     ap.add_argument("--export", default="", help="write the encoder as a dense ConvNeXt V2 state_dict here and exit")
     ap.add_argument("--layout", default="mmearth", choices=("mmearth", "timm"), help="state_dict layout for --export")
@@ -266,13 +346,31 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the --val-fraction split")
     ap.add_argument("--json", default="", help="also write the report here")
     args = ap.parse_args(argv)
+    _check_args(ap, args)
+    try:  # a user's mistake (options, files) is one line and exit 2; anything else keeps its traceback
+        _load_trainer_checkpoint(args.checkpoint)  # before the data: a bad checkpoint is said at once
+    except (FileNotFoundError, ProbeError) as e:
+        ap.error(str(e))
+    try:
+        report = _run(args)
+    except DataError as e:
+        ap.error(f"--data: {e}")
+    except (ProbeError, WriteError) as e:
+        ap.error(str(e))
+    if args.json and report is not None:
+        try:
+            write_atomically(args.json, lambda f: f.write(json.dumps(report, indent=1).encode()))
+        except WriteError as e:
+            ap.error(f"--json: {e}")
+
+
+def _run(args) -> dict | None:
+    """The probe (or the export) the options ask for; returns the report (None for an export)."""
     if args.export:
         meta = export_encoder(args.checkpoint, args.export, args.layout)
         print(f"[probe] wrote {args.export}: ConvNeXt V2 {meta['size']} encoder, {args.layout} layout"
               + (f"; load it into {meta['timm']}" if "timm" in meta else ""), file=sys.stderr)
-        return
-    if not args.data:
-        ap.error("--data is required (or --export)")
+        return None
     if args.data.endswith((".npz", ".h5")) and not os.path.exists(args.data[:-3] + "_splits.json"):
         data = load_arrays(args.data, args.val_fraction, args.seed)
         if args.limit:
@@ -288,9 +386,7 @@ def main(argv=None) -> None:
     for name in ("pretrained", "random_init", "majority_class"):
         if name in report:
             print(f"{name:<14}" + "".join(f"{report[name][k]:>9.3f}" for k in data))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1)
+    return report
 
 
 if __name__ == "__main__":

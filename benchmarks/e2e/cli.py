@@ -59,8 +59,28 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
     return ap
 
 
+class UsageError(SystemExit):
+    """A user's mistake: exit status 2 (argparse's), no traceback; ``str()`` is the message (for callers of main)."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _fail(message: str):
+    """One line naming the option on stderr, then exit 2."""
+    print(f"python -m benchmarks.e2e: error: {message}", file=sys.stderr)
+    raise UsageError(message)
+
+
 def _check_args(args, device: str) -> tuple[list[str], list[str]]:
-    """(backends to run, backends to list as skipped); SystemExit with the reason on a bad option."""
+    """(backends to run, backends to list as skipped); exit 2 with the reason on a bad option, before any case runs."""
+    from mmearth_kernels.models.convnextv2 import SIZES
+    from mmearth_kernels.models.mpmae import check_mask_ratio
+
     have = available_backends(device)
     names = have if args.backends == "all" else _list(args.backends)
     run, skip = [], []
@@ -68,25 +88,69 @@ def _check_args(args, device: str) -> tuple[list[str], list[str]]:
         try:
             parse_backend(b)
         except ValueError as e:
-            raise SystemExit(f"--backends: {e}") from None
+            _fail(f"--backends: {e}")
         (run if b in have else skip).append(b)
-    for g in _list(args.geometries):
+    if not names:
+        _fail(f"--backends: no backend given, got {args.backends!r}")
+    for s in _list(args.sizes) or [None]:
+        if s not in SIZES:
+            _fail(f"--sizes: {s!r} is not one of {', '.join(SIZES)}")
+    for g in _list(args.geometries) or [None]:
         if g not in GEOMETRIES:
-            raise SystemExit(f"--geometries: {g!r} is not one of {', '.join(GEOMETRIES)}")
-    for p in _list(args.precisions):
+            _fail(f"--geometries: {g!r} is not one of {', '.join(GEOMETRIES)}")
+    for p in _list(args.precisions) or [None]:
         if p not in PRECISIONS:
-            raise SystemExit(f"--precisions: {p!r} is not one of {', '.join(PRECISIONS)}")
+            _fail(f"--precisions: {p!r} is not one of {', '.join(PRECISIONS)}")
     if args.tasks not in TASK_SETS:
-        raise SystemExit(f"--tasks must be one of {', '.join(TASK_SETS)}")
-    if any(not 0 <= r < 1 for r in _list(args.mask_ratios, float)):
-        raise SystemExit("--mask-ratios must be in [0, 1)")
+        _fail(f"--tasks must be one of {', '.join(TASK_SETS)}, got {args.tasks!r}")
+    try:
+        ratios = _list(args.mask_ratios, float)
+    except ValueError:
+        _fail(f"--mask-ratios must be numbers in [0, 1), got {args.mask_ratios!r}")
+    if not ratios or any(not 0 <= r < 1 for r in ratios):
+        _fail(f"--mask-ratios must be numbers in [0, 1), got {args.mask_ratios!r}")
+    for g in _list(args.geometries):  # the model's own rule: every case must keep a patch and have an objective
+        img, patch = GEOMETRIES[g]
+        for r in ratios:
+            try:
+                check_mask_ratio(r, img // patch, TASK_SETS[args.tasks])
+            except ValueError as e:
+                _fail(f"--mask-ratios {r} with --geometries {g} --tasks {args.tasks}: {e}")
     try:
         batches = _list(args.batch, int)
     except ValueError:
-        raise SystemExit(f"--batch must be positive integers, got {args.batch!r}") from None
+        _fail(f"--batch must be positive integers, got {args.batch!r}")
     if not batches or any(b < 1 for b in batches):
-        raise SystemExit(f"--batch must be positive integers, got {args.batch!r}")
+        _fail(f"--batch must be positive integers, got {args.batch!r}")
+    for name, least in (("warmup", 0), ("repeats", 1), ("profile_steps", 1)):
+        if getattr(args, name) < least:
+            _fail(f"--{name.replace('_', '-')} must be an int >= {least}, got {getattr(args, name)}")
+    _check_out(args.out)
+    if args.compare and not os.path.isfile(args.compare):
+        _fail(f"--compare: no file at {args.compare}")
     return run, skip
+
+
+def _check_report(path: str) -> None:
+    """--report: an e2e JSON of this script (its results and context), else exit 2 saying what it is."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        _fail(f"--report {path}: cannot read it as JSON ({getattr(e, 'strerror', None) or e})")
+    if not isinstance(doc, dict) or not isinstance(doc.get("results"), list) or not isinstance(doc.get("context"),
+                                                                                                   dict):
+        _fail(f"--report {path}: not an e2e JSON of this script (no 'results' list and 'context' record)")
+
+
+def _check_out(out: str) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        _fail(f"--out {out} is a file; it must be a folder (made if missing)")
+    there = os.path.abspath(out)
+    while not os.path.exists(there):
+        there = os.path.dirname(there)
+    if not os.path.isdir(there) or not os.access(there, os.W_OK | os.X_OK):
+        _fail(f"--out {out}: cannot make or write a folder there ({there} is not a writable folder)")
 
 
 def main(argv=None, doc: str = "") -> dict:
@@ -96,12 +160,15 @@ def main(argv=None, doc: str = "") -> dict:
         print(json.dumps(run_case(Case(**job["case"]), job["device"], job["warmup"], job["repeats"], page_in=True)))
         return {}
     if args.report:
+        _check_report(args.report)
         return write_report(args.report)
     import torch
 
+    if args.device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device must be auto, cpu or cuda, got {args.device!r}")
     device = default_device() if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible")
+        _fail("--device cuda: no CUDA device is visible")
     for k, v in quick_grid(device).items():
         if getattr(args, k) is None:
             setattr(args, k, v)

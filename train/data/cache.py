@@ -29,7 +29,8 @@ import shutil
 import numpy as np
 from tqdm import tqdm
 
-from .files import TempDir
+from .cli import ArgumentParser
+from .files import TempDir, WriteError
 from .cache_format import FORMAT, MANIFEST, MARKER, _source_id, is_cache_dir, open_cache  # noqa: F401
 from .modalities import ALL_TASKS, MODALITIES, DataError
 from .reader import MMEarthDataset
@@ -44,7 +45,9 @@ def build_cache(stem: str, root: str, names=ALL_TASKS, rows_per_read: int = 512,
         if not is_cache_dir(root) and not (os.path.isdir(root) and not os.listdir(root)):
             raise FileExistsError(f"{root} exists and is not a cache made by train.data.cache (no {MARKER} marker); "
                                   f"not removing it: choose another folder or move it away")
-    ds = MMEarthDataset(stem, split=next(iter(_splits(stem))), inputs=(), targets=tuple(names))
+    if not os.path.isfile(stem + ".h5"):
+        raise DataError(f"{stem}.h5: HDF5 file is missing")
+    ds = MMEarthDataset(stem, split=next(iter(_splits(stem)), "train"), inputs=(), targets=tuple(names))
     parent, base = os.path.split(os.path.abspath(root))
     for name in os.listdir(parent):  # what a killed build of an earlier version left (``.tmp``, the marker inside)
         old = os.path.join(parent, name)
@@ -91,7 +94,8 @@ def _splits(stem: str) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m train.data.cache", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stem", help="MMEarth file stem (path without .h5) or the .h5 itself")
     ap.add_argument("cache_dir", help="directory to create")
     ap.add_argument("--modalities", nargs="+", default=list(ALL_TASKS), choices=list(MODALITIES),
@@ -101,8 +105,14 @@ def main(argv=None):
     stem = args.stem[:-3] if args.stem.endswith(".h5") else args.stem
     try:
         print(build_cache(stem, args.cache_dir, args.modalities, overwrite=args.overwrite))
-    except (FileExistsError, DataError) as e:
-        ap.exit(2, f"error: {e}\n")
+    except FileExistsError as e:
+        ap.error(f"CACHE_DIR: {e}")
+    except DataError as e:
+        ap.error(f"STEM: {e}")
+    except WriteError as e:
+        ap.error(f"CACHE_DIR: {e}")
+    except OSError as e:  # the folder cannot be listed or written
+        ap.error(f"CACHE_DIR {args.cache_dir}: {e.strerror or e}: {e.filename or os.path.dirname(args.cache_dir)}")
 
 
 if __name__ == "__main__":

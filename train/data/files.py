@@ -144,7 +144,8 @@ def atomic_file(path: str) -> Iterator[str]:
         os.replace(tmp, path)
     except BaseException as e:
         _remove(tmp)
-        _raise_write_error(path, e)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):  # the file system's (h5py: OSError); any
+            _raise_write_error(path, e)  # other error is the caller's own and keeps its type and traceback
         raise
     finally:
         os.close(fd)

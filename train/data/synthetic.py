@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .files import atomic_file, remove_stale_temps, write_atomically
+from .cli import ArgumentParser
+from .files import WriteError, atomic_file, remove_stale_temps, write_atomically
 from .modalities import BIOMES, ECOREGIONS, ESA_CODES, METADATA_DTYPE, MODALITIES, S2_QUALITY
 
 INCOMPLETE = ".synthetic-incomplete"  # marker beside an unfinished directory
@@ -215,9 +216,17 @@ def write_dataset(out_dir: str, tiles: int = 2000, size: int = 64, seed: int = 0
                   overwrite: bool = False, compression_level: int = 4, batch: int = 256,
                   splits=(0.9, 0.05, 0.05), quiet: bool = False) -> str:
     """Write a complete MMEarth-format directory; returns the path stem (``out_dir/stem``)."""
-    if tiles < 1 or size < 8:
-        raise ValueError(f"need tiles >= 1 and size >= 8, got tiles={tiles}, size={size}")
+    for name, value, least in (("tiles", tiles, 1), ("size", size, 8), ("seed", seed, 0), ("batch", batch, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be an int >= {least}, got {value!r}")
+    if len(splits) != 3 or not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in splits) or \
+            abs(sum(splits) - 1) > 1e-6:
+        raise ValueError(f"splits must be three fractions in [0, 1] (train, val, test) summing to 1, got {splits!r}")
+    if stem is not None and (not stem or os.sep in stem or stem in (".", "..")):
+        raise ValueError(f"stem must be a file name (no {os.sep!r}), got {stem!r}")
     stem = stem or f"synthetic_{tiles}_{size}"
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"{out_dir} is a file; the output must be a folder (made if missing)")
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, stem)
     targets = [base + s for s in (".h5", "_band_stats.json", "_splits.json", "_tile_info.json")]
@@ -271,7 +280,8 @@ def write_dataset(out_dir: str, tiles: int = 2000, size: int = 64, seed: int = 0
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog="python -m train.data.synthetic", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir", help="directory to write <stem>.h5 and its three JSON files into")
     ap.add_argument("--tiles", type=int, default=2000, help="number of tiles (rows)")
     ap.add_argument("--size", type=int, default=64, help="tile side in pixels (MMEarth64: 64, MMEarth: 128)")
@@ -286,13 +296,20 @@ def main(argv=None):
         splits = tuple(float(v) for v in args.splits.split(","))
     except ValueError:
         ap.error(f"--splits must be three comma-separated fractions, got {args.splits!r}")
-    if len(splits) != 3 or min(splits) < 0 or abs(sum(splits) - 1) > 1e-6:
-        ap.error(f"--splits must be three non-negative fractions summing to 1, got {args.splits!r}")
+    if len(splits) != 3 or not all(0 <= v <= 1 for v in splits) or abs(sum(splits) - 1) > 1e-6:
+        ap.error(f"--splits must be three fractions in [0, 1] summing to 1, got {args.splits!r}")
+    for name, least in (("tiles", 1), ("size", 8), ("seed", 0)):
+        if getattr(args, name) < least:
+            ap.error(f"--{name} must be an int >= {least}, got {getattr(args, name)}")
+    if args.stem is not None and (not args.stem or os.sep in args.stem or args.stem in (".", "..")):
+        ap.error(f"--stem must be a file name (no {os.sep!r}), got {args.stem!r}")
     try:
         write_dataset(args.out_dir, args.tiles, args.size, args.seed, args.stem, args.overwrite, args.gzip,
                       splits=splits)
-    except (FileExistsError, ValueError) as e:
-        ap.exit(2, f"error: {e}\n")
+    except FileExistsError as e:
+        ap.error(f"OUT_DIR: {e}")
+    except OSError as e:  # no permission, a full disk (WriteError names the file)
+        ap.error(f"OUT_DIR {args.out_dir}: {e.strerror or e}" if not isinstance(e, WriteError) else str(e))
 
 
 if __name__ == "__main__":
