@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 
+from . import args
 from .host_sync import sync_point
 from .masking import check_kept
 
@@ -223,7 +224,12 @@ def build_layout(mask: torch.Tensor, resolution: int | tuple[int, int], kept_per
     """
     mask = _check_mask(mask)
     B, gh, gw = mask.shape
-    H, W = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    if isinstance(resolution, (tuple, list)) and len(resolution) == 2:
+        H, W = (args.positive_int(f"resolution[{i}]", r) for i, r in enumerate(resolution))
+    else:
+        H = W = args.positive_int("resolution", resolution, "a positive int or a pair of them")
+    if kept_per_sample is not None:
+        kept_per_sample = args.int_at_least("kept_per_sample", kept_per_sample, 0, "an int >= 0 or None")
     if H <= 0 or W <= 0 or H % gh or W % gw:
         raise ValueError(f"resolution {(H, W)} must be a positive multiple of the mask grid {(gh, gw)}")
     bh, bw = H // gh, W // gw

@@ -1,7 +1,10 @@
 """FCMAE random patch masks (1 = masked, 0 = kept), with a fixed number of kept patches per sample."""
 
+import numbers
+
 import torch
 
+from . import args
 from .host_sync import host_only
 
 
@@ -10,9 +13,14 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
 
     At L = 49 and ratio 0.6 this keeps 19 patches, so 61.2 % are masked, not 60 %.
     """
-    if not 0.0 <= mask_ratio <= 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
+    num_patches = args.int_at_least("num_patches", num_patches, 0)
+    if not _is_number(mask_ratio) or not 0.0 <= mask_ratio <= 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio!r}")
     return int(num_patches * (1 - mask_ratio))
+
+
+def _is_number(v) -> bool:
+    return not isinstance(v, bool) and type(v).__name__ not in ("bool", "bool_") and isinstance(v, numbers.Real)
 
 
 def random_patch_mask(batch_size: int, grid: int | tuple[int, int], mask_ratio: float, *,
@@ -21,7 +29,8 @@ def random_patch_mask(batch_size: int, grid: int | tuple[int, int], mask_ratio: 
 
     Kept patches are the smallest of per-sample uniform noise, as in FCMAE (argsort of noise).
     """
-    gh, gw = (grid, grid) if isinstance(grid, int) else grid
+    batch_size = args.int_at_least("batch_size", batch_size, 0)
+    gh, gw = _grid(grid)
     L = gh * gw
     keep = num_kept(L, mask_ratio)
     noise = torch.rand(batch_size, L, generator=generator, device=device)
@@ -29,6 +38,14 @@ def random_patch_mask(batch_size: int, grid: int | tuple[int, int], mask_ratio: 
     mask = torch.ones(batch_size, L, dtype=torch.bool, device=device)
     mask.scatter_(1, order[:, :keep], False)
     return mask.view(batch_size, gh, gw)
+
+
+def _grid(grid) -> tuple[int, int]:
+    """``g`` or ``(gh, gw)``: positive ints."""
+    if isinstance(grid, (tuple, list)) and len(grid) == 2:
+        return args.positive_int("grid[0]", grid[0]), args.positive_int("grid[1]", grid[1])
+    g = args.positive_int("grid", grid, "a positive int or a pair of them (the mask grid)")
+    return g, g
 
 
 def check_mask(mask, batch: int, grid: int, kept: int | None) -> torch.Tensor:

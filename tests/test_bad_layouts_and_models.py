@@ -281,3 +281,47 @@ def test_gpu_kernels_never_read_outside_with_a_corrupt_layout(name, impl):
     g, _ = gfwd(x, torch.ones(8, device="cuda"), torch.zeros(8, device="cuda"), off, 1e-6, False)
     torch.cuda.synchronize()
     assert torch.isfinite(g).all()
+
+
+# -- mask and layout arguments ------------------------------------------------------------------------------
+ARGS = {
+    "random_patch_mask batch -1": (lambda: mk.random_patch_mask(-1, 7, 0.6), ValueError,
+                                   "batch_size must be an int >= 0, got -1"),
+    "random_patch_mask batch 2.0": (lambda: mk.random_patch_mask(2.0, 7, 0.6), TypeError,
+                                    r"batch_size must be an int >= 0, got 2.0 \(float\)"),
+    "random_patch_mask grid 0": (lambda: mk.random_patch_mask(2, 0, 0.6), ValueError, "grid must be a positive int"),
+    "random_patch_mask grid -3": (lambda: mk.random_patch_mask(2, -3, 0.6), ValueError, "grid must be a positive int"),
+    "random_patch_mask grid 7.0": (lambda: mk.random_patch_mask(2, 7.0, 0.6), TypeError, "grid must be a positive int"),
+    "random_patch_mask grid (7, 0)": (lambda: mk.random_patch_mask(2, (7, 0), 0.6), ValueError,
+                                      r"grid\[1\] must be a positive int, got 0"),
+    "random_patch_mask ratio True": (lambda: mk.random_patch_mask(2, 7, True), ValueError,
+                                     r"mask_ratio must be in \[0, 1\], got True"),
+    "random_patch_mask ratio nan": (lambda: mk.random_patch_mask(2, 7, float("nan")), ValueError,
+                                    r"mask_ratio must be in \[0, 1\], got nan"),
+    "num_kept of -1 patches": (lambda: mk.num_kept(-1, 0.5), ValueError, "num_patches must be an int >= 0, got -1"),
+    "build_layout resolution 28.0": (lambda: mk.build_layout(MASK, 28.0, 19), TypeError,
+                                     "resolution must be a positive int or a pair of them, got 28.0"),
+    "build_layout resolution 0": (lambda: mk.build_layout(MASK, 0, 19), ValueError, "resolution must be a positive"),
+    "build_layout resolution (28, -28)": (lambda: mk.build_layout(MASK, (28, -28), 19), ValueError,
+                                          r"resolution\[1\] must be a positive int, got -28"),
+    "build_layout kept True": (lambda: mk.build_layout(MASK, 28, True), TypeError,
+                               "kept_per_sample must be an int >= 0 or None, got True"),
+    "build_layout kept 19.0": (lambda: mk.build_layout(MASK, 28, 19.0), TypeError, "kept_per_sample must be an int"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARGS))
+def test_bad_mask_and_layout_arguments(name):
+    call, exc, match = ARGS[name]
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_numpy_scalars_make_the_same_masks_and_layouts():
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    a = mk.random_patch_mask(np.int64(2), np.int32(7), np.float32(0.6), generator=g)
+    assert torch.equal(a, MASK) and mk.num_kept(np.int64(49), np.float64(0.6)) == 19
+    lay = mk.build_layout(MASK, np.int64(28), np.int16(19))
+    assert torch.equal(lay.row_pos, LAY.row_pos) and lay.num_rows == LAY.num_rows

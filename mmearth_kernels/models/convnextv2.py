@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from .. import layout as packed
 from ..ops import IMPLS
 from ..masking import check_mask, num_kept  # noqa: F401  (num_kept re-exported for callers building masks)
-from . import args
+from .. import args
 from .backends import BACKENDS, Plain
 
 SIZES = {

@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..masking import check_mask, num_kept, random_patch_mask
-from . import args, losses as loss_fns
+from .. import args
+from . import losses as loss_fns
 from .backends import Plain
 from ..tasks import (CLASS_TASKS, IMAGE_TASKS, PIXEL_CLASS_TASKS, PIXEL_TASKS, TASK_ORDER,  # noqa: F401 (re-exported)
                      TASK_SETS, check_targets, resolve_tasks)

@@ -1,5 +1,5 @@
-"""Checks of the model constructors' arguments (the encoder, MP-MAE): a wrong type or an impossible value is
-refused before anything is built, naming the argument and what is expected.
+"""Checks of public arguments (the model constructors, masks, layouts): a wrong type or an impossible value is
+refused before anything is built or allocated, naming the argument and what is expected.
 
 numpy scalars count as the Python numbers they hold (``np.int64(8)`` is an int, ``np.float32(0.6)`` a real:
 they are ``numbers.Integral`` / ``numbers.Real``); bools are never numbers here (``True`` is an int to Python,
@@ -20,13 +20,19 @@ def _got(v) -> str:
     return f"{v!r} ({type(v).__name__})"
 
 
-def positive_int(name: str, v, what: str = "a positive int") -> int:
-    """``v`` as a Python int >= 1; TypeError for a bool, float or anything not an integer."""
+def int_at_least(name: str, v, least: int, what: str | None = None) -> int:
+    """``v`` as a Python int >= ``least``; TypeError for a bool, float or anything not an integer."""
+    what = what or f"an int >= {least}"
     if _is_bool(v) or not isinstance(v, numbers.Integral):
         raise TypeError(f"{name} must be {what}, got {_got(v)}")
-    if v < 1:
+    if v < least:
         raise ValueError(f"{name} must be {what}, got {int(v)}")
     return int(v)
+
+
+def positive_int(name: str, v, what: str = "a positive int") -> int:
+    """``v`` as a Python int >= 1."""
+    return int_at_least(name, v, 1, what)
 
 
 def ints(name: str, v, count: int) -> tuple[int, ...]:
