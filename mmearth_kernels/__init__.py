@@ -1,4 +1,5 @@
-"""mmearth_kernels: sparse masked depthwise conv and GRN as torch ops, for MMEarth's MP-MAE.
+"""mmearth_kernels: the sparse encoder's kernels (masked depthwise conv, GRN and their fusions) as torch ops, for
+MMEarth's MP-MAE. The ops are listed by ``python -m mmearth_kernels.info`` (and ``mmearth_kernels.ops.OPS``).
 
 Quick start::
 
@@ -13,25 +14,11 @@ from . import _extension
 from ._extension import built_with_cuda
 from .layout import SparseLayout, build_layout, from_dense, layout_from_active, to_dense
 from .masking import num_kept, random_patch_mask
-from .ops import IMPLS, available_impls, gelu_grn, grn, sparse_dwconv2d, sparse_dwconv2d_ln
+from . import ops
+from .ops import *  # noqa: F403  (IMPLS, available_impls and every op's public function, by its name)
 
 EXTENSION_LOADED = _extension.LOADED
 
 __version__ = "0.1.0"
-__all__ = [
-    "EXTENSION_LOADED",
-    "IMPLS",
-    "SparseLayout",
-    "available_impls",
-    "build_layout",
-    "built_with_cuda",
-    "from_dense",
-    "gelu_grn",
-    "grn",
-    "layout_from_active",
-    "num_kept",
-    "random_patch_mask",
-    "sparse_dwconv2d",
-    "sparse_dwconv2d_ln",
-    "to_dense",
-]
+__all__ = ["EXTENSION_LOADED", "SparseLayout", "build_layout", "built_with_cuda", "from_dense", "layout_from_active",
+           "num_kept", "random_patch_mask", "to_dense", *ops.__all__]

@@ -36,8 +36,6 @@ def cpu_threads_used() -> int:
     return int(torch.ops.mmearth_kernels.cpu_threads_used()) if LOADED else 0
 
 
-OPS = ("sparse_dwconv2d", "sparse_dwconv2d_backward", "grn", "grn_backward", "gelu_grn", "gelu_grn_backward",
-       "sparse_dwconv2d_ln")
 def _dispatcher_has(op: str, key: str) -> bool:
     """The dispatcher's answer; False for an op this build does not define (an extension built from older
     sources, before the op existed: its ops then fall back to what the build has, instead of failing import)."""
@@ -47,12 +45,19 @@ def _dispatcher_has(op: str, key: str) -> bool:
         return False
 
 
-# Asked once at import: the dispatcher query is not traceable by torch.compile, a dict lookup is.
-_KERNELS = {(op, key): LOADED and _dispatcher_has(op, key) for op in OPS for key in ("CPU", "CUDA")}
+# Filled when each op is declared (ops.registry.register_op): the dispatcher query is not traceable by
+# torch.compile, a dict lookup is.
+_KERNELS: dict[tuple[str, str], bool] = {}
+
+
+def query_kernels(ops, dispatch_key: str) -> None:
+    """Ask the dispatcher once whether each of ``ops`` has a ``dispatch_key`` kernel in this build."""
+    for op in ops:
+        _KERNELS[(op, dispatch_key)] = LOADED and _dispatcher_has(op, dispatch_key)
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:
-    """Whether the dispatcher has a kernel for ``mmearth_kernels::op`` under CPU/CUDA."""
+    """Whether the dispatcher has a kernel for ``mmearth_kernels::op`` under CPU/CUDA (ops the op table declares)."""
     return _KERNELS.get((op, dispatch_key), False)
 
 

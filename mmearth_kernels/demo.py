@@ -1,5 +1,5 @@
-"""Kernel demo: the sparse encoder's two hot ops on ConvNeXt V2 atto stage shapes, against what
-users have today (dense depthwise conv with the mask applied before and after; eager GRN).
+"""Kernel demo: the sparse encoder's two hot ops on ConvNeXt V2 atto stage shapes, against what users have today
+(each op's benchmark baseline: the dense depthwise conv with the mask applied before and after; eager GRN).
 
     python -m mmearth_kernels.demo [--batch 64] [--mask-ratio 0.6] [--repeats 5]
 
@@ -11,11 +11,13 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 import mmearth_kernels as mk
-from mmearth_kernels.reference import grn_dense_eager
+from mmearth_kernels.ops.registry import OPS
 from mmearth_kernels.testing import atto_stage_shapes
+
+# The sparse encoder's two hot ops (the others are their fusions); each against its op's benchmark baseline
+DEMO_OPS = ("sparse_dwconv2d", "grn")
 
 
 def median_ms(fn, repeats, device):
@@ -30,6 +32,14 @@ def median_ms(fn, repeats, device):
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return 1e3 * sorted(times)[len(times) // 2]
+
+
+def op_call(spec, inputs, layout, impl, kwargs):
+    return lambda: spec.fn(*inputs, layout, impl=impl, **kwargs)
+
+
+def fwd_bwd(forward, grad):
+    return lambda: forward().backward(grad)
 
 
 def show_mask(mask):
@@ -56,37 +66,29 @@ def main(argv=None):
           f"impl {args.impl}, {torch.get_num_threads()} CPU threads")
     show_mask(mask)
     print()
-    header = f"{'stage':<14}{'rows':>8}  {'op':<16}{'ours ms':>9}{'baseline ms':>13}{'speed-up':>10}  check"
+    header = f"{'stage':<14}{'rows':>8}  {'op':<26}{'ours ms':>9}{'baseline ms':>13}{'speed-up':>10}  check"
     print(header)
     print("-" * len(header))
     for res, C in atto_stage_shapes():
         lay = mk.build_layout(mask.to(dev), res, kept)
-        x = torch.randn(lay.num_rows, C, generator=gen).to(dev).requires_grad_()
-        w = (torch.randn(C, 1, 7, 7, generator=gen) / 7).to(dev).requires_grad_()
-        b = torch.randn(C, generator=gen).to(dev).requires_grad_()
-        err = (mk.sparse_dwconv2d(x, w, b, lay, impl=args.impl) - mk.sparse_dwconv2d(x, w, b, lay, impl="ref"))
-        ok = "ok" if err.abs().max().item() < 1e-4 else f"MISMATCH {err.abs().max().item():.2g}"
-        g = torch.randn(lay.num_rows, C, generator=gen).to(dev)
-        xd = mk.to_dense(x.detach(), lay).contiguous(memory_format=torch.channels_last).requires_grad_()
-        m = lay.active()[:, None].float().contiguous(memory_format=torch.channels_last)
-        gd = mk.to_dense(g, lay).contiguous(memory_format=torch.channels_last)
-        ours = median_ms(lambda: mk.sparse_dwconv2d(x, w, b, lay, impl=args.impl).backward(g), args.repeats, dev)
-        dense = median_ms(lambda: (F.conv2d(xd * m, w, b, padding=3, groups=C) * m).backward(gd), args.repeats, dev)
-        print(f"{res:>3}px C={C:<7}{lay.num_rows:>8}  {'dwconv7x7 f+b':<16}{ours:>9.2f}{dense:>13.2f}"
-              f"{dense / ours:>9.2f}x  {ok}")
-        C4 = 4 * C
-        h = torch.randn(lay.num_rows, C4, generator=gen).to(dev).requires_grad_()
-        gamma = torch.randn(C4, generator=gen).to(dev).requires_grad_()
-        beta = torch.randn(C4, generator=gen).to(dev).requires_grad_()
-        err = mk.grn(h, gamma, beta, lay, impl=args.impl) - mk.grn(h, gamma, beta, lay, impl="ref")
-        ok = "ok" if err.abs().max().item() < 1e-4 else f"MISMATCH {err.abs().max().item():.2g}"
-        gh = torch.randn(lay.num_rows, C4, generator=gen).to(dev)
-        he = h.detach().view(args.batch, -1, 1, C4).requires_grad_()
-        ours = median_ms(lambda: mk.grn(h, gamma, beta, lay, impl=args.impl).backward(gh), args.repeats, dev)
-        eager = median_ms(lambda: grn_dense_eager(he, gamma, beta).backward(gh.view_as(he)), args.repeats, dev)
-        print(f"{'':<14}{'':>8}  {f'GRN C={C4} f+b':<16}{ours:>9.2f}{eager:>13.2f}{eager / ours:>9.2f}x  {ok}")
-    print("\nbaselines: dense channels_last conv2d(groups=C) masked before and after; eager ConvNeXt V2 GRN "
-          "on the same rows.")
+        for name in DEMO_OPS:
+            spec = OPS[name]
+            width = spec.bench.width * C
+            inputs, kw = spec.bench.inputs(lay.num_rows, width, gen)
+            inputs = [t.to(dev).requires_grad_() for t in inputs]
+            ours = op_call(spec, inputs, lay, args.impl, kw)
+            err = (ours() - op_call(spec, inputs, lay, "ref", kw)()).abs().max().item()
+            ok = "ok" if err < 1e-4 else f"MISMATCH {err:.2g}"
+            base = next(b for b in spec.bench.baselines if b.name == spec.bench.reference_baseline)
+            baseline = base.build(inputs, lay)
+            t_ours = median_ms(fwd_bwd(ours, torch.randn_like(ours())), args.repeats, dev)
+            t_base = median_ms(fwd_bwd(baseline, torch.randn_like(baseline())), args.repeats, dev)
+            stage = f"{res:>3}px C={C:<7}" if name == DEMO_OPS[0] else ""
+            rows = f"{lay.num_rows:>8}" if name == DEMO_OPS[0] else f"{'':>8}"
+            print(f"{stage:<14}{rows}  {f'{name} C={width} f+b':<26}{t_ours:>9.2f}{t_base:>13.2f}"
+                  f"{t_base / t_ours:>9.2f}x  {ok}")
+    print("\nbaselines (benchmarks/README.md): " + ", ".join(f"{n}: {OPS[n].bench.reference_baseline}"
+                                                           for n in DEMO_OPS))
 
 
 if __name__ == "__main__":

@@ -39,24 +39,39 @@ def _group_ids(n_rows: int, offsets: torch.Tensor, batch_stats: bool) -> tuple[t
     return torch.searchsorted(offsets[1:].long(), rows, right=True), offsets.shape[0] - 1
 
 
-def grn_ref(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offsets: torch.Tensor,
-            eps: float = 1e-6, batch_stats: bool = False) -> torch.Tensor:
-    """GRN over packed rows ``[N, C]`` grouped by sample (``offsets`` ``[B + 1]``).
+def grn_scale(G: torch.Tensor, eps: float) -> torch.Tensor:
+    """GRN's ``Nx = G / (mean_c G + eps)`` from the per-group L2 norms ``G`` (channels last)."""
+    return G / (G.mean(dim=-1, keepdim=True) + eps)
 
-    ``G = ||x||_2`` over the rows of a sample (or of the whole batch with ``batch_stats``),
-    ``Nx = G / (mean_c G + eps)``, ``y = gamma * (x * Nx) + beta + x``. Where G = 0 the gradient
-    of G is taken as 0 (the kernels do the same).
-    """
-    gid, groups = _group_ids(x.shape[0], offsets, batch_stats)
+
+def grn_apply(x: torch.Tensor, nx: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """GRN's output ``gamma * (x * Nx) + beta + x``."""
+    return gamma * (x * nx) + beta + x
+
+
+def grn_grouped(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, gid: torch.Tensor, groups: int,
+                eps: float = 1e-6) -> torch.Tensor:
+    """GRN over rows ``[N, C]`` where row i belongs to group ``gid[i]`` (of ``groups``): G is the L2 norm of each
+    group's rows per channel. Where G = 0 the gradient of G is taken as 0 (the kernels do the same)."""
     sq = x.new_zeros(groups, x.shape[1]).index_add(0, gid, x * x)
     # sqrt has no derivative at 0 (a channel that is zero on every row of a sample, or a sample with
     # no rows): take the zero subgradient there instead of autograd's inf * 0 = NaN. Forward unchanged.
     # NaN is not 0: a NaN (or inf) element makes its sample's G, hence the whole sample's output, NaN,
     # as IEEE arithmetic and every kernel give it.
     nonzero = sq != 0
-    g = torch.where(nonzero, sq, torch.ones_like(sq)).sqrt() * nonzero
-    nx = g / (g.mean(dim=-1, keepdim=True) + eps)
-    return gamma * (x * nx[gid]) + beta + x
+    G = torch.where(nonzero, sq, torch.ones_like(sq)).sqrt() * nonzero
+    return grn_apply(x, grn_scale(G, eps)[gid], gamma, beta)
+
+
+def grn_ref(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offsets: torch.Tensor,
+            eps: float = 1e-6, batch_stats: bool = False) -> torch.Tensor:
+    """GRN over packed rows ``[N, C]`` grouped by sample (``offsets`` ``[B + 1]``).
+
+    ``G = ||x||_2`` over the rows of a sample (or of the whole batch with ``batch_stats``),
+    ``Nx = G / (mean_c G + eps)``, ``y = gamma * (x * Nx) + beta + x``.
+    """
+    gid, groups = _group_ids(x.shape[0], offsets, batch_stats)
+    return grn_grouped(x, gamma, beta, gid, groups, eps)
 
 
 def gelu_grn_ref(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offsets: torch.Tensor,
@@ -65,8 +80,10 @@ def gelu_grn_ref(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offse
     return grn_ref(F.gelu(h), gamma, beta, offsets, eps, batch_stats)
 
 
-def grn_dense_eager(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """The eager GRN users have today (ConvNeXt V2's dense ``GRN`` on ``[B, H, W, C]``): the baseline."""
-    gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
-    nx = gx / (gx.mean(dim=-1, keepdim=True) + eps)
-    return gamma * (x * nx) + beta + x
+def grn_dense(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, stats: str = "per_sample",
+              eps: float = 1e-6) -> torch.Tensor:
+    """GRN on ``[B, H, W, C]`` in plain PyTorch, as the dense ConvNeXt V2 computes it (sites that must not count
+    are zero, so they add nothing to the L2 norm): the dense backends' GRN and the eager baseline, what a user
+    without this library runs. ``stats="batch"`` pools over the whole batch (the released MinkowskiGRN)."""
+    G = torch.linalg.vector_norm(y, dim=(1, 2) if stats == "per_sample" else (0, 1, 2), keepdim=True)
+    return grn_apply(y, grn_scale(G, eps), gamma.to(y.dtype), beta.to(y.dtype))

@@ -27,6 +27,7 @@ class MaskCase:
     ratio: float     # FCMAE mask ratio (kept = int(L * (1 - ratio)) per sample)
     all_masked_sample: bool = False  # additionally mask every patch of sample 0
     seed: int = 0
+    name: str = ""   # what the case is for, in test ids ("batch_masked")
 
     @property
     def resolution(self) -> int:
@@ -37,24 +38,30 @@ class MaskCase:
         return f"B{self.batch}g{self.grid}b{self.block}r{self.ratio}{extra}"
 
 
-def make_layout(case: MaskCase, device="cpu") -> SparseLayout:
+def case_mask(case: MaskCase, device="cpu") -> tuple[torch.Tensor, int | None]:
+    """The case's patch mask and kept count (None where samples keep different counts)."""
     g = torch.Generator().manual_seed(case.seed)
     mask = random_patch_mask(case.batch, case.grid, case.ratio, generator=g)
     kept = num_kept(case.grid * case.grid, case.ratio)
     if case.all_masked_sample:
         mask[0] = True
         kept = None  # counts now differ between samples: the data-dependent builder path
-    return build_layout(mask.to(device), case.resolution, kept)
+    return mask.to(device), kept
+
+
+def make_layout(case: MaskCase, device="cpu") -> SparseLayout:
+    mask, kept = case_mask(case, device)
+    return build_layout(mask, case.resolution, kept)
 
 
 # Every mask ratio incl. the edges; odd grids/blocks; b = 1, 2, 3, 4 (stage 4..1 style).
 MASK_CASES = [
-    MaskCase(2, 3, 3, 0.0, seed=1),                            # nothing masked
-    MaskCase(3, 5, 1, 0.6, seed=2),                            # b = 1 (7x7-stage style)
-    MaskCase(2, 3, 2, 0.4, seed=3),
-    MaskCase(2, 4, 3, 0.75, seed=4),
-    MaskCase(3, 3, 4, 0.612, all_masked_sample=True, seed=5),  # one sample with everything masked
-    MaskCase(2, 3, 1, 1.0, seed=6),                            # the whole batch masked: N = 0
+    MaskCase(2, 3, 3, 0.0, seed=1, name="nothing_masked"),
+    MaskCase(3, 5, 1, 0.6, seed=2, name="block1"),                                  # 7x7-stage style
+    MaskCase(2, 3, 2, 0.4, seed=3, name="ratio0.4"),
+    MaskCase(2, 4, 3, 0.75, seed=4, name="ratio0.75"),
+    MaskCase(3, 3, 4, 0.612, all_masked_sample=True, seed=5, name="sample_masked"),  # one sample all masked
+    MaskCase(2, 3, 1, 1.0, seed=6, name="batch_masked"),                            # N = 0
 ]
 
 
@@ -65,6 +72,7 @@ class DwconvSample:
     bias: torch.Tensor | None
     layout: SparseLayout
     name: str
+    case: MaskCase | None = None
 
     def args(self):
         return self.x, self.weight, self.bias, self.layout
@@ -86,7 +94,7 @@ def dwconv_samples(device="cpu", dtype=torch.float32, requires_grad=False, cases
             for t in (x, w, b):
                 if t is not None:
                     t.requires_grad_(requires_grad)
-            out.append(DwconvSample(x, w, b, lay, f"{case}-C{C}K{K}{'b' if has_bias else ''}"))
+            out.append(DwconvSample(x, w, b, lay, f"{case}-C{C}K{K}{'b' if has_bias else ''}", case))
     return out
 
 
@@ -97,6 +105,7 @@ class GrnSample:
     beta: torch.Tensor
     layout: SparseLayout
     name: str
+    case: MaskCase | None = None
 
 
 def grn_samples(device="cpu", dtype=torch.float32, requires_grad=False, cases=None) -> list[GrnSample]:
@@ -105,13 +114,13 @@ def grn_samples(device="cpu", dtype=torch.float32, requires_grad=False, cases=No
         for C in (7, 45):
             g = torch.Generator().manual_seed(10 * case.seed + C)
             lay = make_layout(case, device)
-            # GELU-like, non-negative-leaning activations as GRN sees them, with non-zero gamma/beta.
+            # non-zero gamma/beta; x of both signs (GRN follows a GELU or a conv)
             x = torch.randn(lay.num_rows, C, generator=g).to(device, dtype)
             gamma = torch.randn(C, generator=g).to(device, dtype)
             beta = torch.randn(C, generator=g).to(device, dtype)
             for t in (x, gamma, beta):
                 t.requires_grad_(requires_grad)
-            out.append(GrnSample(x, gamma, beta, lay, f"{case}-C{C}"))
+            out.append(GrnSample(x, gamma, beta, lay, f"{case}-C{C}", case))
     return out
 
 

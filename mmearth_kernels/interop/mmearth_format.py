@@ -2,7 +2,7 @@
 
 * :func:`load_sparse_checkpoint`: a released MMEarth / FCMAE *sparse* (MinkowskiEngine) checkpoint into
   :class:`ConvNeXtV2Encoder` (keys under ``encoder.``; ME wrappers ``.kernel``, ``.ln``, ``.linear``; kernel
-  layouts in :mod:`.me_layout`).
+  layouts in :mod:`mmearth_kernels.me_layout`).
 * :func:`export_mmearth`: the encoder as the dense ConvNeXt V2 ``state_dict`` the upstream MMEarth fine-tuning
   code loads.
 """
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .files import state_dict_of
-from .me_layout import me_to_conv, me_to_depthwise
+from ..me_layout import me_to_conv, me_to_depthwise
 
 if TYPE_CHECKING:  # type hints only: the models import nothing from here
     from ..models.convnextv2 import ConvNeXtV2Encoder

@@ -17,30 +17,25 @@ is built for one batch (its mask) and offers:
 * ``densify(h)``: the ``[B, C, g, g]`` output, zero at masked positions.
 
 Levels: ``"in"`` is the input resolution, 0..3 the four stages. Adding a backend is one new class
-(``minkowski.py`` holds the MinkowskiEngine one) and one line in :data:`BACKENDS`.
+(``minkowski.py`` holds the MinkowskiEngine one) and one :func:`.registry.register_backend` below: the encoder,
+the trainer, the benchmarks and the parity tests take it from there.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from .. import layout as packed
 from ..ops import gelu_grn as gelu_grn_op
 from ..ops import grn as grn_op
-from ..ops import _impl, sparse_dwconv2d, sparse_dwconv2d_ln
+from ..ops import sparse_dwconv2d, sparse_dwconv2d_ln
+from ..ops.sparse_dwconv import SPARSE_DWCONV2D
+from ..reference import grn_dense
 from . import sparse_layers
 from .backend_base import Backend
-
-
-def grn_dense(y: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, stats: str = "per_sample",
-              eps: float = 1e-6) -> torch.Tensor:
-    """GRN on ``[B, H, W, C]`` in plain PyTorch, as the dense ConvNeXt V2 computes it (sites that must not
-    count are zero, so they add nothing to the L2 norm): the dense backends' GRN, what a user without this
-    library runs. ``stats="batch"`` pools over the whole batch (the released MinkowskiGRN)."""
-    gx = torch.linalg.vector_norm(y, dim=(1, 2) if stats == "per_sample" else (0, 1, 2), keepdim=True)
-    nx = gx / (gx.mean(dim=-1, keepdim=True) + eps)
-    gamma, beta = gamma.to(y.dtype), beta.to(y.dtype)
-    return gamma * (y * nx) + beta + y
+from .registry import BACKENDS, BackendSpec, register_backend  # noqa: F401  (BACKENDS: the encoder's choices)
 
 
 def _cf(h: torch.Tensor, fn) -> torch.Tensor:
@@ -53,7 +48,7 @@ class Dense(Backend):
     every spatial op and GRN statistics over active sites; False (``dense-plain``): only the input is
     masked, a plain ConvNeXt V2 (not equivalent: masked sites fill up after the first conv)."""
 
-    def __init__(self, encoder, x: torch.Tensor, mask: torch.Tensor, remask: bool = True):
+    def __init__(self, encoder, x: torch.Tensor, mask: torch.Tensor, kept: int | None = None, remask: bool = True):
         g, r_in = encoder.grid, encoder.img_size // encoder.grid
         self.stats = encoder.grn_stats
         self.visible = (~mask).repeat_interleave(r_in, 1).repeat_interleave(r_in, 2)[:, None]  # [B, 1, H, W]
@@ -156,9 +151,9 @@ class SparseFused(Sparse):
     GELU is a polynomial within ~2e-7)."""
 
     def _tiling(self, h, level):
-        lay = self.lay[level]
-        patches = lay.block is not None and _impl.resolve("sparse_dwconv2d", self.impl, h.device) == "triton"
-        return "patches" if patches else "rows"
+        """Patches where the layout is made of blocks and the kernels chosen have a patch-tiled one of their own."""
+        patches = SPARSE_DWCONV2D.impl(SPARSE_DWCONV2D.resolve(self.impl, h.device).kind, "patches")
+        return "patches" if self.lay[level].block is not None and patches is not None and patches.fused else "rows"
 
     def dwconv(self, h, conv, level):
         return sparse_dwconv2d(h.contiguous(), conv.weight, conv.bias, self.lay[level], impl=self.impl,
@@ -180,11 +175,39 @@ def _minkowski(encoder, x, mask, kept):
     return Minkowski(encoder, x, mask, kept)
 
 
-# name -> factory(encoder, x, mask, kept)
-BACKENDS = {
-    "dense": lambda enc, x, mask, kept: Dense(enc, x, mask, remask=True),
-    "sparse": Sparse,
-    "sparse-fused": SparseFused,
-    "minkowski": _minkowski,
-    "dense-plain": lambda enc, x, mask, kept: Dense(enc, x, mask, remask=False),
-}
+def _minkowski_missing(device) -> str | None:
+    from .minkowski import why_unavailable
+
+    return why_unavailable()
+
+
+register_backend(BackendSpec(
+    "dense", Dense, reference=True, baseline=True,
+    summary="exact masked emulation in plain PyTorch",
+    runs="the exact masked emulation in plain PyTorch: full maps, the mask re-applied after every spatial op, GRN "
+         "statistics over the visible sites",
+    use="a reference with no compiled kernels; same function and weights as `sparse`"))
+register_backend(BackendSpec(
+    "sparse", Sparse, default=True, kernels=True,
+    summary="the packed layout of the visible sites with this library's ops",
+    runs="the packed layout of the visible sites end to end, with this library's ops (`impl=\"auto\"`)",
+    use="the default: pretraining", needs="the compiled kernels for speed (impl='ref' runs without them)"))
+register_backend(BackendSpec(
+    "sparse-fused", SparseFused, kernels=True,
+    summary="sparse with the second-generation fused kernels: GELU+GRN, dwconv+LayerNorm, patch-tiled dwconv",
+    runs="`sparse` with the fused ops `gelu_grn` and `sparse_dwconv2d_ln`, and the patch-tiled depthwise conv where "
+         "Triton runs",
+    use="opt-in: fewer passes over the 4C-wide tensor ([bytes model](docs/bytes-model.md)); the default once a GPU "
+        "shows it faster", needs="the compiled kernels for speed (impl='ref' runs without them)"))
+register_backend(BackendSpec(
+    "minkowski", _minkowski, why_unavailable=_minkowski_missing, slow=True,
+    summary="the upstream MinkowskiEngine layers on the same weights (optional)",
+    runs="the upstream MinkowskiEngine layers on the same weights (optional: `scripts/build_minkowski.sh`)",
+    use="parity checks against the released engine; not a fast path",
+    needs="MinkowskiEngine (`bash scripts/build_minkowski.sh`)"))
+register_backend(BackendSpec(
+    "dense-plain", functools.partial(Dense, remask=False), exact=False, baseline=True,
+    summary="only the input masked, as upstream --sparse False: not equivalent, the cheapest dense baseline",
+    runs="a plain ConvNeXt V2 with only the input masked (upstream's `--sparse False`); **not** equivalent: masked "
+         "sites fill up after the first conv",
+    use="a baseline only: the cheapest dense step a user could pick instead"))

@@ -1,20 +1,12 @@
 """ConvNeXt V2 encoder for FCMAE / MMEarth MP-MAE with swappable backends on one set of weights.
 
-* ``backend="dense"``: masked dense emulation in plain PyTorch (channels_last), exactly FCMAE's
-  sparse semantics: the mask is re-applied after every spatial op and GRN statistics are taken
-  over active sites only.
-* ``backend="sparse"``: the packed layout end to end (stem to the 7x7 output) with this library's
-  ops: submanifold 3x3 stem conv and strided convs as gathers + GEMM, ``sparse_dwconv2d`` and
-  ``grn`` kernels; densified into an explicitly shaped ``[B, C, g, g]``.
-* ``backend="sparse-fused"``: ``sparse`` with GELU + GRN as one fused op (C++ / Triton) and the patch-tiled
-  depthwise conv where Triton runs. Not the default until GPU measurements say so.
-* ``backend="minkowski"``: the upstream engine (optional; :mod:`.minkowski`).
-* ``backend="dense-plain"``: a plain ConvNeXt V2 with only the input masked, as upstream's
-  ``--sparse False``. **Not** equivalent to the others (masked sites fill up after the first
-  spatial op and enter every GRN statistic); it is the cheapest dense step, the baseline a user
-  would pick instead of a sparse encoder.
+``backend=`` chooses how the spatial ops run on the visible sites (:mod:`.backends` declares each one, with what
+it runs and when to use it, in the table of :mod:`.registry`; ``python -m mmearth_kernels.info`` lists them).
+The default is the packed sparse layout with this library's ops; the reference is the exact masked dense
+emulation in plain PyTorch (the mask re-applied after every spatial op, GRN statistics over active sites only).
+All exact backends compute the same function: the parity tests compare every one with the reference.
 
-Both read the same parameters (``state_dict`` keys do not depend on the backend), so a model can
+All read the same parameters (``state_dict`` keys do not depend on the backend), so a model can
 be switched at runtime: ``model.backend = "dense"``.
 
 Geometry: ``img_size`` / ``patch_size`` = the mask grid g (= the last stage's resolution); the stem

@@ -1,7 +1,7 @@
 """The ``minkowski`` encoder backend: the upstream engine, on this encoder's own parameters.
 
 MinkowskiEngine (ME) is optional and imported only here. ME layers are called through
-``torch.func.functional_call`` with our weights mapped to ME's layouts (:mod:`..interop.me_layout`), so
+``torch.func.functional_call`` with our weights mapped to ME's layouts (:mod:`mmearth_kernels.me_layout`), so
 gradients land on the shared parameters and the backend can be switched at runtime like the others.
 The depthwise 7x7 uses the ConvNeXt-V2 fork's ``MinkowskiDepthwiseConvolution`` when it exists and the
 tensors are on CUDA, and stock ``MinkowskiChannelwiseConvolution`` otherwise (same kernel layout; a
@@ -16,7 +16,8 @@ import functools
 import torch
 
 from .. import layout as packed
-from ..interop.me_layout import conv_to_me, depthwise_to_me
+from ..me_layout import conv_to_me, depthwise_to_me
+from ..reference import grn_grouped
 from .backend_base import Backend
 
 INSTALL_HINT = ("install it with `bash scripts/build_minkowski.sh` (builds MinkowskiEngine 0.5.4 for the torch in "
@@ -34,12 +35,17 @@ def engine():
     return ME
 
 
-def available() -> bool:
+def why_unavailable() -> str | None:
+    """None if MinkowskiEngine imports, else why not (with how to install it)."""
     try:
         engine()
-        return True
-    except RuntimeError:
-        return False
+        return None
+    except RuntimeError as e:
+        return str(e)
+
+
+def available() -> bool:
+    return why_unavailable() is None
 
 
 def _replace(x, features):
@@ -72,19 +78,12 @@ def _depthwise(x, weight, bias, stride):
 def _grn(x, features, grn, stats: str, eps: float = 1e-6):
     """GRN of the rows ``features`` of ME tensor ``x``: batch-global (the released MinkowskiGRN) or per sample
     (rows grouped by the batch index of their coordinate; ME does not keep rows sorted by sample)."""
-    f = features
-    gamma, beta = grn.gamma.reshape(-1), grn.beta.reshape(-1)
     if stats == "batch":
-        gid = torch.zeros(f.shape[0], dtype=torch.long, device=f.device)
-        groups = 1
+        gid, groups = torch.zeros(features.shape[0], dtype=torch.long, device=features.device), 1
     else:
-        gid = x.C[:, 0].long().to(f.device)
+        gid = x.C[:, 0].long().to(features.device)
         groups = int(gid.max()) + 1 if gid.numel() else 1
-    sq = f.new_zeros(groups, f.shape[1]).index_add(0, gid, f * f)
-    nz = sq != 0  # NaN propagates, as in grn_ref
-    g = torch.where(nz, sq, torch.ones_like(sq)).sqrt() * nz
-    nx = g / (g.mean(dim=-1, keepdim=True) + eps)
-    return gamma * (f * nx[gid]) + beta + f
+    return grn_grouped(features, grn.gamma.reshape(-1), grn.beta.reshape(-1), gid, groups, eps)
 
 
 class Minkowski(Backend):

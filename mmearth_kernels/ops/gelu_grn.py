@@ -15,79 +15,69 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import _extension
-from .. import triton_kernels as _triton
+from .. import reference
 from ..layout import SparseLayout
-from ..reference import gelu_grn_ref
-from . import _checks, _impl
-from .grn import STATS, _autograd_for, _fake_backward, _fake_forward, _offsets_for, _setup_context, grn
+from . import _checks
+from .grn import (BACKWARD_SCHEMA, FORWARD_SCHEMA, GRN, compiled, check_family_args, family_backward_inputs,
+                  family_flops, family_inputs, family_samples, offsets_of, on_rows, register_family, _offsets_for)
+from .registry import Baseline, BenchSpec, Impl, OpSpec, register_op, triton_op
 
-OP = "gelu_grn"  # its CPU/CUDA impls are GELU + the GRN kernel: availability follows grn's (_impl.KERNELS_OF)
-
-if _extension.LOADED:
-    torch.library.register_fake("mmearth_kernels::gelu_grn")(_fake_forward)
-    torch.library.register_fake("mmearth_kernels::gelu_grn_backward")(_fake_backward)
-    torch.library.register_autograd("mmearth_kernels::gelu_grn",
-                                    _autograd_for(torch.ops.mmearth_kernels.gelu_grn_backward),
-                                    setup_context=_setup_context)
-
-if _triton.HAS_TRITON:
-
-    @torch.library.custom_op("mmearth_kernels::gelu_grn_triton", mutates_args=())
-    def gelu_grn_triton(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offsets: torch.Tensor, eps: float,
-                        batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..triton_kernels import grn as kernels
-
-        return kernels.forward(h, gamma, beta, offsets, eps, batch_stats, gelu=True)
-
-    @torch.library.custom_op("mmearth_kernels::gelu_grn_backward_triton", mutates_args=())
-    def gelu_grn_backward_triton(grad_out: torch.Tensor, h: torch.Tensor, gamma: torch.Tensor, gnorm: torch.Tensor,
-                                 offsets: torch.Tensor, eps: float, batch_stats: bool, output_mask: list[bool]
-                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ..triton_kernels import grn as kernels
-
-        return kernels.backward(grad_out, h, gamma, gnorm, offsets, eps, batch_stats, output_mask, gelu=True)
-
-    gelu_grn_triton.register_fake(_fake_forward)
-    gelu_grn_backward_triton.register_fake(_fake_backward)
-    # the saved input is h (GELU's input): GELU's output is recomputed in the backward, never stored
-    gelu_grn_triton.register_autograd(_autograd_for(gelu_grn_backward_triton), setup_context=_setup_context)
+triton_op("gelu_grn_triton", FORWARD_SCHEMA.replace("Tensor x,", "Tensor h,"), "grn", "forward", gelu=True)
+triton_op("gelu_grn_backward_triton", BACKWARD_SCHEMA.replace("Tensor x,", "Tensor h,"), "grn", "backward", gelu=True)
+# the saved input is h (GELU's input): GELU's output is recomputed in the backward, never stored
+register_family("gelu_grn", "gelu_grn_backward")
+register_family("gelu_grn_triton", "gelu_grn_backward_triton")
 
 
 def gelu_grn(h: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, layout: SparseLayout | torch.Tensor, *,
              eps: float = 1e-6, stats: str = "per_sample", impl: str = "auto") -> torch.Tensor:
-    """``GRN(GELU(h))`` over packed rows: exactly ``grn(F.gelu(h), gamma, beta, layout, ...)``, fused on Triton.
+    """``GRN(GELU(h))`` over packed rows: exactly ``grn(F.gelu(h), gamma, beta, layout, ...)``, fused.
 
     Args:
         h: packed ``[N, C]`` rows (the first Linear's output), contiguous.
         gamma, beta: ``C`` values in any shape (``[C]`` or upstream's ``[1, 1, 1, C]``).
         layout: the :class:`SparseLayout` of h's stage, or its ``[B + 1]`` int32 row offsets.
         eps, stats: as :func:`mmearth_kernels.grn`.
-        impl: ``"auto"`` (fused: Triton on CUDA, C++ on CPU), ``"ref"``, ``"cpu"``, ``"cuda"`` (unfused),
-            ``"triton"``.
+        impl: one of ``mmearth_kernels.IMPLS``; ``"cuda"`` is torch's GELU, then the CUDA GRN kernel (unfused).
     """
     _checks.check_tensor(h, "h", dim=2)
-    if stats not in STATS:
-        raise ValueError(f"stats must be one of {STATS}, got {stats!r}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
     if layout is None:
         raise ValueError("gelu_grn takes packed [N, C] rows and their layout (a SparseLayout or its [B + 1] offsets)")
-    C = h.shape[1]
-    gamma, beta = _checks.autocast_params(h, gamma, beta)
-    for name, t in (("gamma", gamma), ("beta", beta)):
-        _checks.check_tensor(t, name, like=h)
-        if t.numel() != C:
-            raise ValueError(f"{name} must hold C = {C} values (h's last dim), got shape {tuple(t.shape)}")
+    g, b = check_family_args("h", h, gamma, beta, eps, stats)
     off = _offsets_for(h, layout, None)
-    impl = _impl.resolve(OP, impl, h.device)
-    g, b = gamma.reshape(C), beta.reshape(C)
-    if impl == "ref" or off.shape[0] < 2:  # an empty batch: the reference handles it
-        return gelu_grn_ref(h, g, b, off, eps, stats == "batch")
-    if impl == "triton":
-        y, _ = torch.ops.mmearth_kernels.gelu_grn_triton(h, g, b, off, float(eps), stats == "batch")
-        return y
-    if impl == "cpu" and _extension.has_kernel("gelu_grn", "CPU"):
-        y, _ = torch.ops.mmearth_kernels.gelu_grn(h, g, b, off, float(eps), stats == "batch")
-        return y
-    return grn(F.gelu(h), g, b, layout, eps=eps, stats=stats, impl=impl)  # the layout as given: checked once
+    run = GELU_GRN.resolve(impl, h.device)
+    if off.shape[0] < 2:  # an empty batch: the reference handles it
+        run = GELU_GRN.impl("ref")
+    return run((h, g, b), off, (float(eps), stats == "batch"))
+
+
+def _gelu_then_grn(kind: str):
+    """The unfused impl of ``kind``: torch's GELU, then GRN's ``kind`` kernel."""
+    return lambda h, gamma, beta, offsets, eps, batch_stats: GRN.impl(kind)((F.gelu(h), gamma, beta), offsets,
+                                                                            (eps, batch_stats))
+
+
+def _unfused(inputs, layout):
+    """``F.gelu`` then this library's fastest GRN on the same rows: what the ``sparse`` backend runs."""
+    h, gamma, beta = inputs
+    return lambda: GRN.fn(F.gelu(h), gamma, beta, layout)
+
+
+def _gelu_grn_dense(h, gamma, beta):
+    return reference.grn_dense(F.gelu(h), gamma, beta)
+
+
+GELU_GRN = register_op(OpSpec(
+    name="gelu_grn", summary="GRN(GELU(h)) on packed rows: the MLP's activation and GRN in one pass each way",
+    fn=gelu_grn, reference=reference.gelu_grn_ref,
+    impls=(Impl("ref", run=reference.gelu_grn_ref),
+           Impl("cpu", forward="gelu_grn", backward="gelu_grn_backward", layout_args=offsets_of),
+           Impl("cuda", run=_gelu_then_grn("cuda"), uses="grn"),
+           Impl("triton", forward="gelu_grn_triton", backward="gelu_grn_backward_triton", layout_args=offsets_of)),
+    samples=family_samples, grad_names=("dh", "dgamma", "dbeta"), backward_inputs=family_backward_inputs,
+    category="GRN / GELU+GRN", bytes={"fwd": 3, "bwd": 5}, flops={"fwd": family_flops, "bwd": family_flops},
+    bench=BenchSpec("gelu_grn", family_inputs, width=4, reference_baseline="unfused", baselines=(
+        Baseline("unfused", _unfused),
+        Baseline("eager", on_rows(lambda: _gelu_grn_dense)),
+        Baseline("compiled", on_rows(lambda: compiled(_gelu_grn_dense)), when=lambda device: device == "cuda"))),
+))

@@ -4,21 +4,24 @@
 ``y = gamma * (x * Nx) + beta + x``. ``stats="per_sample"`` (paper / JAX, the default) or
 ``"batch"`` (one G over all rows of the batch, as the released MinkowskiGRN computes it).
 Works on the packed layout ``[N, C]`` and on the dense layout ``[B, ..., C]`` (masked rows zero).
+
+The fake kernels, autograd and argument checks here serve every op of the GRN family (``gelu_grn`` too).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from .. import _extension
+from .. import reference, testing
 from ..host_sync import host_only
-from .. import triton_kernels as _triton
-from ..layout import SparseLayout
-from ..reference import grn_ref
-from . import _checks, _impl
+from ..layout import SparseLayout, to_dense
+from . import _checks
+from .registry import Baseline, BenchSpec, Impl, OpSpec, Sample, register_kernels, register_op, triton_op
 
-OP = "grn"
 STATS = ("per_sample", "batch")
+
 
 def _fake_forward(x, gamma, beta, offsets, eps, batch_stats):
     torch._check(x.dim() == 2, lambda: "x must be [N, C]")
@@ -52,33 +55,24 @@ def _autograd_for(backward_op):
     return backward
 
 
-if _extension.LOADED:
-    torch.library.register_fake("mmearth_kernels::grn")(_fake_forward)
-    torch.library.register_fake("mmearth_kernels::grn_backward")(_fake_backward)
-    torch.library.register_autograd("mmearth_kernels::grn", _autograd_for(torch.ops.mmearth_kernels.grn_backward),
-                                    setup_context=_setup_context)
+# The GRN family's op signatures: forward -> (y, gnorm [groups, C] in the accumulation dtype); backward -> (dx,
+# dgamma, dbeta), computing only those output_mask asks for (as the C++ schemas in csrc/mmearth_kernels.cpp)
+FORWARD_SCHEMA = ("(Tensor x, Tensor gamma, Tensor beta, Tensor offsets, float eps, bool batch_stats) "
+                  "-> (Tensor, Tensor)")
+BACKWARD_SCHEMA = ("(Tensor grad_out, Tensor x, Tensor gamma, Tensor gnorm, Tensor offsets, float eps, "
+                   "bool batch_stats, bool[3] output_mask) -> (Tensor, Tensor, Tensor)")
 
-if _triton.HAS_TRITON:
-    # custom_op, not triton_op: triton_op fails fake-tensor checks under the interpreter.
 
-    @torch.library.custom_op("mmearth_kernels::grn_triton", mutates_args=())
-    def grn_triton(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, offsets: torch.Tensor, eps: float,
-                   batch_stats: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..triton_kernels import grn as kernels
+def register_family(forward: str, backward: str) -> None:
+    """Fake kernels and autograd of a GRN-family op pair (a C++ schema or a Triton ``custom_op``)."""
+    register_kernels(forward, backward, fake_forward=_fake_forward, fake_backward=_fake_backward,
+                     setup_context=_setup_context, autograd_for=_autograd_for)
 
-        return kernels.forward(x, gamma, beta, offsets, eps, batch_stats)
 
-    @torch.library.custom_op("mmearth_kernels::grn_backward_triton", mutates_args=())
-    def grn_backward_triton(grad_out: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor, gnorm: torch.Tensor,
-                            offsets: torch.Tensor, eps: float, batch_stats: bool, output_mask: list[bool]
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ..triton_kernels import grn as kernels
-
-        return kernels.backward(grad_out, x, gamma, gnorm, offsets, eps, batch_stats, output_mask)
-
-    grn_triton.register_fake(_fake_forward)
-    grn_backward_triton.register_fake(_fake_backward)
-    grn_triton.register_autograd(_autograd_for(grn_backward_triton), setup_context=_setup_context)
+triton_op("grn_triton", FORWARD_SCHEMA, "grn", "forward")
+triton_op("grn_backward_triton", BACKWARD_SCHEMA, "grn", "backward")
+register_family("grn", "grn_backward")
+register_family("grn_triton", "grn_backward_triton")
 
 
 def _offsets_for(x2: torch.Tensor, groups, dense_batch: int | None, rows: int = 0) -> torch.Tensor:
@@ -106,6 +100,22 @@ def _offsets_for(x2: torch.Tensor, groups, dense_batch: int | None, rows: int = 
     return groups
 
 
+def check_family_args(name: str, x: torch.Tensor, gamma, beta, eps: float, stats: str):
+    """The checks every GRN-family op shares; returns ``(gamma, beta)`` as ``[C]``, cast to x's dtype under
+    autocast."""
+    if stats not in STATS:
+        raise ValueError(f"stats must be one of {STATS}, got {stats!r}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    C = x.shape[-1]
+    gamma, beta = _checks.autocast_params(x, gamma, beta)
+    for what, t in (("gamma", gamma), ("beta", beta)):
+        _checks.check_tensor(t, what, like=x)
+        if t.numel() != C:
+            raise ValueError(f"{what} must hold C = {C} values ({name}'s last dim), got shape {tuple(t.shape)}")
+    return gamma.reshape(C), beta.reshape(C)
+
+
 def grn(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
         layout: SparseLayout | torch.Tensor | None = None, *, eps: float = 1e-6, stats: str = "per_sample",
         impl: str = "auto") -> torch.Tensor:
@@ -119,43 +129,96 @@ def grn(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor,
             (``layout.offsets``: all GRN needs to know is where each sample's rows start).
         eps: added to the channel mean of G.
         stats: ``"per_sample"`` or ``"batch"``.
-        impl: ``"auto"``, ``"ref"``, ``"cpu"``, ``"cuda"``, ``"triton"``.
+        impl: one of ``mmearth_kernels.IMPLS`` (``python -m mmearth_kernels.info`` lists those available here).
     """
     _checks.check_tensor(x, "x")
-    if stats not in STATS:
-        raise ValueError(f"stats must be one of {STATS}, got {stats!r}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
     if x.dim() == 2:
         if layout is None:
             raise ValueError("packed [N, C] input needs a layout (a SparseLayout or its [B + 1] int32 offsets); "
                              "for the dense layout pass x as [B, L, C] or [B, H, W, C]")
-        x2, dense_batch = x, None
+        x2, off = x, _offsets_for(x, layout, None)
     elif x.dim() in (3, 4):
         if layout is not None:
             raise ValueError(f"dense input {tuple(x.shape)} takes no layout (one group per sample)")
         rows = 1
         for d in x.shape[1:-1]:
             rows *= d
-        x2, dense_batch = x.reshape(x.shape[0] * rows, x.shape[-1]), x.shape[0]  # explicit: B may be 0
+        x2 = x.reshape(x.shape[0] * rows, x.shape[-1])  # explicit: B may be 0
+        off = _offsets_for(x2, None, x.shape[0], rows)
     else:
         raise ValueError(f"x must be [N, C] (packed), [B, L, C] or [B, H, W, C] (dense), got {tuple(x.shape)}")
-    C = x.shape[-1]
-    gamma, beta = _checks.autocast_params(x, gamma, beta)
-    for name, t in (("gamma", gamma), ("beta", beta)):
-        _checks.check_tensor(t, name, like=x)
-        if t.numel() != C:
-            raise ValueError(f"{name} must hold C = {C} values (x's last dim), got shape {tuple(t.shape)}")
-    off = _offsets_for(x2, layout, dense_batch, rows if dense_batch is not None else 0)
-    impl = _impl.resolve(OP, impl, x.device)
+    g, b = check_family_args("x", x, gamma, beta, eps, stats)
+    run = GRN.resolve(impl, x.device)
     if off.shape[0] < 2:  # an empty batch: no sample, nothing to normalise; the reference handles it
-        impl = "ref"
-    g, b = gamma.reshape(C), beta.reshape(C)
-    batch_stats = stats == "batch"
-    if impl == "ref":
-        y = grn_ref(x2, g, b, off, eps, batch_stats)
-    elif impl == "triton":
-        y, _ = torch.ops.mmearth_kernels.grn_triton(x2, g, b, off, float(eps), batch_stats)
-    else:
-        y, _ = torch.ops.mmearth_kernels.grn(x2, g, b, off, float(eps), batch_stats)
-    return y.view(x.shape)
+        run = GRN.impl("ref")
+    return run((x2, g, b), off, (float(eps), stats == "batch")).view(x.shape)
+
+
+def family_samples(device="cpu", dtype=torch.float32, requires_grad=False, cases=None) -> list[Sample]:
+    """testing.grn_samples with the statistic mode alternating between a case's two samples (both modes on every
+    mask case)."""
+    out = []
+    for j, s in enumerate(testing.grn_samples(device, dtype, requires_grad, cases)):
+        stats = STATS[(s.case.seed + j) % 2]
+        out.append(Sample([s.x, s.gamma, s.beta], s.layout, (1e-6, stats == "batch"), {"eps": 1e-6, "stats": stats},
+                          f"{s.name}-{stats}", s.case))
+    return out
+
+
+def family_inputs(N: int, C: int, gen: torch.Generator):
+    """Benchmark rows: h or x ``[N, C]``, gamma, beta."""
+    return [torch.randn(N, C, generator=gen), torch.randn(C, generator=gen), torch.randn(C, generator=gen)], {}
+
+
+def on_rows(fn):
+    """A dense eager baseline on the active rows viewed as ``[B, R, 1, C]`` (one sample's rows per batch entry)."""
+    def build(inputs, layout):
+        x, gamma, beta = inputs
+        xe = x.detach().view(layout.batch_size, -1, 1, x.shape[1]).requires_grad_()
+        return lambda: fn()(xe, gamma, beta)
+
+    return build
+
+
+def _on_dense_map(inputs, layout):
+    """ConvNeXt V2's GRN on the full dense map with masked sites zero: what a dense-masked encoder pays."""
+    x, gamma, beta = inputs
+    xe = to_dense(x.detach(), layout).permute(0, 2, 3, 1).contiguous().requires_grad_()
+    return lambda: reference.grn_dense(xe, gamma, beta)
+
+
+@functools.cache
+def compiled(fn):
+    """``torch.compile(fn)``, made on first use (importing dynamo costs seconds: not at import)."""
+    return torch.compile(fn)
+
+
+def family_flops(*args, out_shape=None, **kwargs) -> int:
+    """Elementwise ops and reductions: 0 by FlopCounterMode's convention (declared, so every op has a formula)."""
+    return 0
+
+
+def family_backward_inputs(inputs, outputs):
+    """(x, gamma, gnorm): what a GRN-family backward op takes between the gradient and the offsets."""
+    return inputs[0], inputs[1], outputs[1]
+
+
+def offsets_of(layout) -> tuple:
+    """The layout argument of the GRN-family ops: the ``[B + 1]`` row offsets (of a SparseLayout, or given)."""
+    return (layout if isinstance(layout, torch.Tensor) else layout.offsets,)
+
+
+GRN = register_op(OpSpec(
+    name="grn", summary="Global Response Normalization on packed rows grouped by sample (or the dense layout)",
+    fn=grn, reference=reference.grn_ref,
+    impls=(Impl("ref", run=reference.grn_ref),
+           Impl("cpu", forward="grn", backward="grn_backward", layout_args=offsets_of),
+           Impl("cuda", forward="grn", backward="grn_backward", layout_args=offsets_of),
+           Impl("triton", forward="grn_triton", backward="grn_backward_triton", layout_args=offsets_of)),
+    samples=family_samples, grad_names=("dx", "dgamma", "dbeta"), backward_inputs=family_backward_inputs,
+    category="GRN / GELU+GRN", bytes={"fwd": 3, "bwd": 5}, flops={"fwd": family_flops, "bwd": family_flops},
+    bench=BenchSpec("grn", family_inputs, width=4, time_ref=True, reference_baseline="eager", baselines=(
+        Baseline("eager", on_rows(lambda: reference.grn_dense)),
+        Baseline("eager_dense", _on_dense_map),
+        Baseline("compiled", on_rows(lambda: compiled(reference.grn_dense)), when=lambda device: device == "cuda"))),
+))

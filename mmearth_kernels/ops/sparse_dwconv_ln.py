@@ -4,7 +4,7 @@ Fused, a program computes a row tile's conv over all channels, stores it (y1: th
 and normalises the tile while it is still in cache; unfused, a separate LayerNorm reads y1 back from memory. One
 read of the C-wide tensor and one launch less per block forward (docs/bytes-model.md: the smallest of the
 block's fusions). The backward is aten's LayerNorm backward (the strongest one a user has, and what the unfused
-pair runs), then the conv's own backward.
+pair runs), then the conv's own backward op.
 
 Impls: ``"cpu"`` (C++, ``csrc/cpu/sparse_dwconv.cpp``: each row's LayerNorm right after its conv, in L1) and
 ``"triton"`` (``triton_kernels/_layernorm.py`` on either tiling) are fused; ``"cuda"`` is the CUDA conv, then
@@ -16,14 +16,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import _extension
-from .. import triton_kernels as _triton
+from .. import reference
 from ..layout import SparseLayout
-from ..reference import sparse_dwconv2d_ln_ref
 from . import _checks
-from .sparse_dwconv import check_args, resolve, sparse_dwconv2d
+from .registry import Baseline, BenchSpec, Impl, OpSpec, Sample, register_kernels, register_op, triton_op
+from .sparse_dwconv import (CONV_FLOPS, PATCHES_SCHEMA, ROWS_SCHEMA, SPARSE_DWCONV2D, check_args, conv_inputs,
+                            conv_samples, needed, patches_args, rows_args, saved_layout)
 
-OP = "sparse_dwconv2d_ln"  # its CUDA impl is the conv kernel + F.layer_norm: availability follows the conv's
+LN_EPS = 1e-6  # ConvNeXt V2's
 
 
 def _fake_forward(x, weight, bias, ln_weight, ln_bias, *layout_and_eps):
@@ -66,11 +66,10 @@ def _autograd_for(conv_backward):
 
     def backward(ctx, grad, *_unused):  # y1, mean, rstd are not differentiable
         x, weight, ln_weight, ln_bias, y1, mean, rstd, *tensors = ctx.saved_tensors
-        it = iter(tensors)
-        layout = [next(it) if a is None else a for a in ctx.layout_args]
+        layout = saved_layout(ctx, tensors)
         if grad is None:  # y unused (not materialised: see _setup_context)
             return (None,) * (5 + len(layout) + 1)
-        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
+        need = needed(ctx)
         need_ln = [any(need), ctx.needs_input_grad[3], ctx.needs_input_grad[4]]
         dy1, dlnw, dlnb = layer_norm_backward(grad.contiguous(), y1, mean, rstd, ln_weight, ln_bias, need_ln)
         grads = conv_backward(dy1, x, weight, *layout, need) if any(need) else (None,) * 3
@@ -79,41 +78,25 @@ def _autograd_for(conv_backward):
     return backward
 
 
-if _extension.LOADED and _extension.has_kernel(OP, "CPU"):
-    torch.library.register_fake("mmearth_kernels::sparse_dwconv2d_ln")(_fake_forward)
-    torch.library.register_autograd("mmearth_kernels::sparse_dwconv2d_ln",
-                                    _autograd_for(torch.ops.mmearth_kernels.sparse_dwconv2d_backward),
-                                    setup_context=_setup_context)
+def _register(forward: str, conv_impl: Impl) -> None:
+    """Fake kernel and autograd of a fused forward op whose backward ends in ``conv_impl``'s backward op."""
+    register_kernels(forward, conv_impl.backward, fake_forward=_fake_forward, setup_context=_setup_context,
+                     autograd_for=_autograd_for)
 
-if _triton.HAS_TRITON:
-    from . import sparse_dwconv as _conv_ops  # the Triton conv backward ops registered there
 
-    @torch.library.custom_op("mmearth_kernels::sparse_dwconv2d_ln_triton", mutates_args=())
-    def sparse_dwconv2d_ln_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                                  ln_weight: torch.Tensor, ln_bias: torch.Tensor, row_pos: torch.Tensor,
-                                  inv_map: torch.Tensor, eps: float
-                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ..triton_kernels import sparse_dwconv as kernels
-
-        return kernels.forward_ln(x, weight, bias, ln_weight, ln_bias, row_pos, inv_map, eps)
-
-    @torch.library.custom_op("mmearth_kernels::sparse_dwconv2d_ln_tiled_triton", mutates_args=())
-    def sparse_dwconv2d_ln_tiled_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                                        ln_weight: torch.Tensor, ln_bias: torch.Tensor, row0: torch.Tensor,
-                                        stride: torch.Tensor, patches: torch.Tensor, pad: int, block: int, eps: float
-                                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        from ..triton_kernels import sparse_dwconv_tiled as kernels
-
-        return kernels.forward_ln(x, weight, bias, ln_weight, ln_bias, row0, stride, patches, pad, block, eps)
-
-    for _op, _bwd in ((sparse_dwconv2d_ln_triton, _conv_ops.sparse_dwconv2d_backward_triton),
-                      (sparse_dwconv2d_ln_tiled_triton, _conv_ops.sparse_dwconv2d_tiled_backward_triton)):
-        _op.register_fake(_fake_forward)
-        _op.register_autograd(_autograd_for(_bwd), setup_context=_setup_context)
+# (y, y1, mean, rstd): y1 the conv's output (kept for the LayerNorm backward), mean/rstd [N] its per-row statistics
+# in the accumulation dtype (as the C++ schema); no backward op of its own
+FORWARD = "(Tensor x, Tensor weight, Tensor? bias, Tensor ln_weight, Tensor ln_bias, {}, float eps) -> " \
+          "(Tensor, Tensor, Tensor, Tensor)"
+triton_op("sparse_dwconv2d_ln_triton", FORWARD.format(ROWS_SCHEMA), "sparse_dwconv", "forward_ln")
+triton_op("sparse_dwconv2d_ln_tiled_triton", FORWARD.format(PATCHES_SCHEMA), "sparse_dwconv_tiled", "forward_ln")
+_register("sparse_dwconv2d_ln", SPARSE_DWCONV2D.impl("cpu"))
+_register("sparse_dwconv2d_ln_triton", SPARSE_DWCONV2D.impl("triton"))
+_register("sparse_dwconv2d_ln_tiled_triton", SPARSE_DWCONV2D.impl("triton", "patches"))
 
 
 def sparse_dwconv2d_ln(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ln_weight: torch.Tensor,
-                       ln_bias: torch.Tensor, layout: SparseLayout, *, eps: float = 1e-6, impl: str = "auto",
+                       ln_bias: torch.Tensor, layout: SparseLayout, *, eps: float = LN_EPS, impl: str = "auto",
                        tiling: str = "rows") -> torch.Tensor:
     """``F.layer_norm(sparse_dwconv2d(x, weight, bias, layout), (C,), ln_weight, ln_bias, eps)`` in one op.
 
@@ -122,10 +105,10 @@ def sparse_dwconv2d_ln(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         ln_weight, ln_bias: the LayerNorm's ``[C]`` affine parameters (``nn.LayerNorm(C).weight`` / ``.bias``).
         eps: the LayerNorm's eps (ConvNeXt V2: 1e-6).
     Returns:
-        ``[N, C]`` in x's dtype (under autocast too: the normalised rows are the next Linear's input, which
-        autocast would cast to this dtype anyway).
+        ``[N, C]`` in x's dtype, by every impl (under autocast too: the normalised rows are the next Linear's input,
+        which autocast would cast to this dtype anyway; the unfused impls' ``F.layer_norm`` autocasts to float32).
     """
-    weight, bias = check_args(x, weight, bias, layout)
+    weight, bias = check_args(x, weight, bias, layout, tiling)
     C = x.shape[1]
     ln_weight, ln_bias = _checks.autocast_params(x, ln_weight, ln_bias)
     for name, t in (("ln_weight", ln_weight), ("ln_bias", ln_bias)):
@@ -135,18 +118,68 @@ def sparse_dwconv2d_ln(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         _checks.check_tensor(t, name, shape=(C,), like=x)
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
-    impl = resolve(impl, tiling, layout, x.device)
-    if impl == "ref":
-        return sparse_dwconv2d_ln_ref(x, weight, bias, ln_weight, ln_bias, layout, eps)
-    if impl == "triton":
-        if tiling == "patches":
-            t = layout.patch_table
-            return torch.ops.mmearth_kernels.sparse_dwconv2d_ln_tiled_triton(
-                x, weight, bias, ln_weight, ln_bias, t.row0, t.stride, t.patches, t.pad, layout.block, float(eps))[0]
-        return torch.ops.mmearth_kernels.sparse_dwconv2d_ln_triton(x, weight, bias, ln_weight, ln_bias,
-                                                                   layout.row_pos, layout.inv_map, float(eps))[0]
-    if impl == "cpu" and _extension.has_kernel(OP, "CPU"):
-        return torch.ops.mmearth_kernels.sparse_dwconv2d_ln(x, weight, bias, ln_weight, ln_bias, layout.row_pos,
-                                                            layout.inv_map, float(eps))[0]
-    y = sparse_dwconv2d(x, weight, bias, layout, impl=impl, tiling=tiling)
-    return F.layer_norm(y, (C,), ln_weight, ln_bias, eps)
+    y = SPARSE_DWCONV2D_LN.resolve(impl, x.device, tiling)((x, weight, bias, ln_weight, ln_bias), layout, (float(eps),))
+    return y if y.dtype == x.dtype else y.to(x.dtype)
+
+
+def _conv_then_ln(kind: str, tiling: str = "rows"):
+    """The unfused impl: the conv's ``kind`` kernel on ``tiling``, then ``F.layer_norm``."""
+    conv = SPARSE_DWCONV2D.impl(kind, tiling)
+
+    def run(x, weight, bias, ln_weight, ln_bias, layout, eps):
+        return F.layer_norm(conv((x, weight, bias), layout, ()), (x.shape[1],), ln_weight, ln_bias, eps)
+
+    return run
+
+
+def _samples(device="cpu", dtype=torch.float32, requires_grad=False, cases=None) -> list[Sample]:
+    """The conv's samples with LayerNorm parameters. In bf16/fp16 only those with C >= 8: a LayerNorm over 3 or 5
+    channels in low precision is ill-conditioned (one ulp of the conv's rounded output moves a normalised value by up
+    to 1/std, so which of two correct impls has the larger max error is a coin toss)."""
+    out = []
+    for s in conv_samples(device, dtype, requires_grad, cases):
+        C = s.inputs[0].shape[1]
+        if dtype in (torch.float16, torch.bfloat16) and C < 8:
+            continue
+        g = torch.Generator().manual_seed(C + (s.case.seed if s.case else 0))
+        lw = (1 + 0.5 * torch.randn(C, generator=g)).to(device, dtype).requires_grad_(requires_grad)
+        lb = torch.randn(C, generator=g).to(device, dtype).requires_grad_(requires_grad)
+        out.append(Sample(s.inputs + [lw, lb], s.layout, (LN_EPS,), {"eps": LN_EPS}, s.name, s.case))
+    return out
+
+
+def _inputs(N: int, C: int, gen: torch.Generator):
+    inputs, kwargs = conv_inputs(N, C, gen)
+    return inputs + [1 + torch.randn(C, generator=gen) / 4, torch.randn(C, generator=gen)], kwargs
+
+
+def _unfused(tiling: str):
+    """This library's conv (on rows: the impl ``auto`` picks; on patches: Triton), then ``F.layer_norm`` on the same
+    rows: what the ``sparse`` backend runs."""
+    def build(inputs, layout):
+        x, w, b, lw, lb = inputs
+        kind = SPARSE_DWCONV2D.resolve("auto", x.device).kind if tiling == "rows" else "triton"
+        return lambda: F.layer_norm(SPARSE_DWCONV2D.fn(x, w, b, layout, impl=kind, tiling=tiling), (x.shape[1],), lw,
+                                    lb, LN_EPS)
+
+    return build
+
+
+SPARSE_DWCONV2D_LN = register_op(OpSpec(
+    name="sparse_dwconv2d_ln", summary="LayerNorm(sparse_dwconv2d(x)): a block's depthwise conv and its LayerNorm",
+    fn=sparse_dwconv2d_ln, reference=reference.sparse_dwconv2d_ln_ref,
+    impls=(Impl("ref", run=reference.sparse_dwconv2d_ln_ref),
+           Impl("ref", "patches", run=reference.sparse_dwconv2d_ln_ref),
+           Impl("cpu", forward="sparse_dwconv2d_ln", layout_args=rows_args),
+           Impl("cuda", run=_conv_then_ln("cuda"), uses="sparse_dwconv2d"),
+           Impl("triton", forward="sparse_dwconv2d_ln_triton", layout_args=rows_args),
+           Impl("triton", "patches", forward="sparse_dwconv2d_ln_tiled_triton", layout_args=patches_args)),
+    samples=_samples, grad_names=("dx", "dw", "db", "dln_weight", "dln_bias"),
+    # forward: read x, write y1 (kept for the LayerNorm backward) and y. Backward: aten's LayerNorm backward (read dy
+    # and y1, write dy1; its dgamma/dbeta in the same pass), then the conv's backward (4), run by the conv's own op
+    category="sparse dwconv", bytes={"fwd": 3, "bwd": 7}, flops={"fwd": CONV_FLOPS["fwd"]},  # the LayerNorm: 0
+    bench=BenchSpec("sparse_dwconv_ln", _inputs, reference_baseline="unfused", modes=("fwd", "fwdbwd"), baselines=(
+        Baseline("unfused", _unfused("rows")),
+        Baseline("unfused-patches", _unfused("patches"),
+                 when=lambda device: SPARSE_DWCONV2D.why_unavailable("triton", device) is None))),
+))
