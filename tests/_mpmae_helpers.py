@@ -1,13 +1,11 @@
-"""MP-MAE test helpers shared by the MP-MAE and fused-backend tests: targets, a non-trivial model, a step."""
+"""MP-MAE test helpers shared by the MP-MAE and backend-parity tests: targets, a non-trivial model, a step."""
 
 import torch
 
 from mmearth_kernels.models import MPMAE
 from mmearth_kernels.models.mpmae import IMAGE_TASKS, PIXEL_TASKS
 
-from conftest import cpu_impls
-
-IMPL = "cpu" if "cpu" in cpu_impls("sparse_dwconv2d") else "ref"
+IMPL = "auto"  # the kernels impl="auto" picks on CPU: C++ where built, else the reference
 
 
 def targets(B, img=56, seed=0):
@@ -29,9 +27,9 @@ def targets(B, img=56, seed=0):
     return t
 
 
-def mpmae_model(**kw):
+def mpmae_model(impl=IMPL, **kw):
     torch.manual_seed(0)
-    m = MPMAE("atto", impl=IMPL, init="standard", **kw)
+    m = MPMAE("atto", impl=impl, init="standard", **kw)
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))

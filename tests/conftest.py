@@ -27,30 +27,35 @@ def cpu_impls(op):
 
 requires_ext = pytest.mark.skipif(not _extension.LOADED,
                                   reason="mmearth_kernels._C is not built (MMEARTH_NO_EXT?); compiled impls untested")
+NO_GPU = "no CUDA GPU here: the CUDA and Triton GPU cases need one (benchmarks/gpu_check.sh runs them)"
+NO_INTERPRETER = "Triton on CPU needs TRITON_INTERPRET=1 before import (scripts/test.sh runs it as its own step)"
+
+
+def impl_device(kind: str) -> str:
+    """Where an impl kind is tested on this machine: Triton on the GPU when there is one, else on CPU tensors under
+    the interpreter."""
+    return "cuda" if kind == "cuda" or (kind == "triton" and HAS_CUDA) else "cpu"
+
+
+def impl_marks(spec, kind: str, device: str) -> list:
+    """The ``triton``/``cuda`` markers of an (op, impl kind, device) case (CI runs the Triton ones in a separate
+    ``TRITON_INTERPRET=1 pytest -m triton`` step), and a skip saying why when it cannot run here: never silently
+    dropped."""
+    marks = ([pytest.mark.triton] if kind == "triton" else []) + ([pytest.mark.cuda] if device == "cuda" else [])
+    if device == "cuda" and not HAS_CUDA:
+        return marks + [pytest.mark.skip(reason=NO_GPU)]
+    if kind == "triton" and not _triton.INTERPRET and device == "cpu":
+        return marks + [pytest.mark.skip(reason=NO_INTERPRETER)]
+    why = spec.why_unavailable(kind, device)
+    return marks + ([pytest.mark.skip(reason=f"{spec.name}: {why}")] if why else [])
 
 
 def device_impls(op):
-    """(device, impl) params for every compiled impl. Triton cases carry the ``triton`` marker (CI
-    runs them in a separate ``TRITON_INTERPRET=1 pytest -m triton`` step); cases that cannot run on
-    this machine are listed as skips with the reason, never silently dropped."""
-    params = [pytest.param("cpu", i, id=f"cpu-{i}") for i in cpu_impls(op) if i != "triton"]
-    no_gpu = pytest.mark.skip(reason="no CUDA GPU here: the CUDA and Triton GPU cases need one "
-                                     "(benchmarks/gpu_check.sh runs them)")
-    if _triton.INTERPRET:
-        params.append(pytest.param("cpu", "triton", id="cpu-triton", marks=pytest.mark.triton))
-    else:
-        params.append(pytest.param("cpu", "triton", id="cpu-triton", marks=[pytest.mark.triton, pytest.mark.skip(
-            reason="Triton on CPU needs TRITON_INTERPRET=1 before import (scripts/test.sh runs it as its own step)")]))
-    if HAS_CUDA:
-        for i in mk.available_impls(op, "cuda"):
-            if i != "ref":
-                params.append(pytest.param("cuda", i, id=f"cuda-{i}", marks=[pytest.mark.cuda] + (
-                    [pytest.mark.triton] if i == "triton" else [])))
-    else:
-        params.append(pytest.param("cuda", "cuda", id="cuda-cuda", marks=[pytest.mark.cuda, no_gpu]))
-        params.append(pytest.param("cuda", "triton", id="cuda-triton", marks=[pytest.mark.cuda, pytest.mark.triton,
-                                                                              no_gpu]))
-    return params
+    """(device, impl) params for every compiled impl kind of ``op`` (from the op table), each with its markers and,
+    where it cannot run here, a skip saying why."""
+    spec = mk.ops.OPS[op]
+    return [pytest.param(impl_device(kind), kind, id=f"{impl_device(kind)}-{kind}",
+                         marks=impl_marks(spec, kind, impl_device(kind))) for kind in spec.kinds if kind != "ref"]
 
 
 @pytest.fixture

@@ -4,10 +4,13 @@ import pytest
 import torch
 
 import mmearth_kernels as mk
+from mmearth_kernels import _extension
+from mmearth_kernels.ops.registry import KINDS, OPS
+from mmearth_kernels.testing import MASK_CASES
 
 from conftest import cpu_impls
 
-IMPLS = ["ref", *cpu_impls("sparse_dwconv2d")]
+GRN_IMPLS = ["ref", *cpu_impls("grn")]
 MASK = mk.random_patch_mask(2, 7, 0.6, generator=torch.Generator().manual_seed(0))
 L28 = mk.build_layout(MASK, 28, 19)
 L14 = mk.build_layout(MASK, 14, 19)
@@ -30,8 +33,6 @@ DWCONV_CASES = {
     "bias shape": (dict(bias=torch.randn(7)), ValueError, "bias must have shape"),
     "layout of another stage": (dict(layout=L14), ValueError, "another stage"),
     "layout not a layout": (dict(layout="L28"), TypeError, "SparseLayout"),
-    "impl unknown": (dict(impl="fast"), ValueError, "impl must be one of"),
-    "impl cuda on cpu": (dict(impl="cuda"), ValueError, "impl='cuda' runs on cuda tensors, but the input is on cpu"),
 }
 
 
@@ -64,8 +65,6 @@ GELU_GRN_CASES = {
     "layout missing": (dict(layout=None), ValueError, "takes packed"),
     "layout of another stage": (dict(layout=L14), ValueError, "another stage"),
     "dense input": (dict(h=torch.randn(2, 5, 8)), ValueError, "h must be 2-D"),
-    "impl unknown": (dict(impl="fast"), ValueError, "impl must be one of"),
-    "cuda impl on cpu": (dict(impl="cuda"), (ValueError, RuntimeError), "gelu_grn"),
 }
 
 
@@ -85,7 +84,7 @@ def test_grn_bad_input(name):
         mk.grn(kw["x"], kw["gamma"], kw["beta"], kw["layout"], eps=kw["eps"], stats=kw["stats"])
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", GRN_IMPLS)
 @pytest.mark.parametrize("change", ["end past N", "start not 0", "decreasing"])
 def test_grn_bad_offset_values(change, impl):
     """Every impl, the reference included, refuses offsets that do not bound the rows (CPU tensors)."""
@@ -101,6 +100,27 @@ def test_grn_bad_offset_values(change, impl):
     if impl == "cpu":  # direct op calls are checked in C++
         with pytest.raises(RuntimeError, match="offsets must"):
             torch.ops.mmearth_kernels.grn(X, G, G, off, 1e-6, False)
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_impl_and_tiling_errors_name_them(op):
+    """Every op of the table: an unknown impl or tiling, and a kernel for another device, are refused by name."""
+    spec = OPS[op]
+    s = spec.samples("cpu", torch.float32, cases=[MASK_CASES[3]])[0]
+
+    def call(**kw):
+        return spec.fn(*s.inputs, s.layout, **s.kwargs, **kw)
+
+    with pytest.raises(ValueError, match="impl must be one of"):
+        call(impl="fast")
+    if len(spec.tilings) > 1:
+        with pytest.raises(ValueError, match="tiling must be one of"):
+            call(tiling="tiles")
+    for kind in spec.kinds:
+        key = KINDS[kind].dispatch_key
+        if key not in (None, "CPU") and _extension.LOADED:
+            with pytest.raises(ValueError, match=f"impl='{kind}' runs on {kind} tensors, but the input is on cpu"):
+                call(impl=kind)
 
 
 def test_direct_op_calls_are_checked_in_cpp():

@@ -1,9 +1,13 @@
 """No import cycles in the packages, lazy (function-level) imports included: the layers go one way,
-csrc -> mmearth_kernels.ops -> mmearth_kernels.models -> train / benchmarks. Imports under
-``if TYPE_CHECKING:`` are type hints only and do not count."""
+csrc -> mmearth_kernels.ops -> mmearth_kernels.models -> train / benchmarks, with no back-reference (models and
+interop are siblings: neither imports the other; the data pipeline imports no trainer module). Imports under
+``if TYPE_CHECKING:`` are type hints only and do not count. Backend names are written only where the backend
+registry declares them, never in train/ or benchmarks/."""
 
 import ast
+import glob
 import os
+import warnings
 
 import pytest
 
@@ -98,10 +102,82 @@ def test_the_checker_finds_a_planted_cycle():
     assert _cycle(g) is not None
 
 
-@pytest.mark.parametrize("lower, upper", [("mmearth_kernels", "train"),
-                                          ("mmearth_kernels.ops", "mmearth_kernels.models"),
-                                          ("mmearth_kernels.interop", "mmearth_kernels.models")])
-def test_lower_layers_never_import_upper_ones(lower, upper):
-    bad = [(m, v) for m, deps in _graph().items() if m.startswith(lower) and not m.startswith(upper)
-           for v in deps if v.startswith(upper)]
+# (importer, imported): modules under the first never import modules under the second (nor their __init__)
+FORBIDDEN = [
+    ("mmearth_kernels", "train"),                          # the library never imports the trainer
+    ("mmearth_kernels.ops", "mmearth_kernels.models"),     # ops below models
+    ("mmearth_kernels.ops", "mmearth_kernels.interop"),
+    ("mmearth_kernels.interop", "mmearth_kernels.models"),  # interop and models are siblings
+    ("mmearth_kernels.models", "mmearth_kernels.interop"),
+    ("train.data", "train"),                               # the data pipeline needs no trainer module
+]
+
+
+def _violations(graph, importer: str, imported: str) -> list:
+    """(module, import) pairs where a module under ``importer`` imports one under ``imported`` (a package's own
+    modules excepted when ``importer`` lies inside ``imported``)."""
+    inside = importer.startswith(imported + ".")
+    return [(m, v) for m, deps in graph.items() if m == importer or m.startswith(importer + ".")
+            for v in deps if (v == imported or v.startswith(imported + "."))
+            and not (inside and (v == importer or v.startswith(importer + ".")))]
+
+
+@pytest.mark.parametrize("importer, imported", FORBIDDEN, ids=[f"{a}-not-{b}" for a, b in FORBIDDEN])
+def test_no_back_references(importer, imported):
+    bad = _violations(_graph(), importer, imported)
     assert not bad, bad
+
+
+@pytest.mark.parametrize("importer, imported, plant", [
+    ("mmearth_kernels.models", "mmearth_kernels.interop", ("mmearth_kernels.models.minkowski",
+                                                           "mmearth_kernels.interop.timm_format")),
+    ("train.data", "train", ("train.data.synthetic", "train.checkpoint")),
+], ids=["models-interop", "data-trainer"])
+def test_the_checker_finds_a_planted_back_reference(importer, imported, plant):
+    g = _graph()
+    g[plant[0]] = g[plant[0]] | {plant[1]}
+    assert _violations(g, importer, imported) == [plant]
+
+
+def _string_constants(path: str) -> list:
+    return [(n.lineno, n.value) for n in ast.walk(ast.parse(open(path).read()))
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def _backend_names_in(paths) -> list:
+    """(file, line, string) for every string constant that names a backend (``"dense"``, ``"sparse-graphed"``...)."""
+    from mmearth_kernels.models.registry import BACKEND_SPECS
+
+    names = tuple(BACKEND_SPECS)
+    return [(os.path.relpath(p, REPO), line, v) for p in paths for line, v in _string_constants(p)
+            if v in names or v.startswith(tuple(f"{n}-" for n in names))]
+
+
+def _files(*patterns):
+    return sorted(p for pattern in patterns for p in glob.glob(os.path.join(REPO, pattern), recursive=True))
+
+
+# Files another change is still moving to the registry: listed here with what is left, checked to still need it
+# (an entry that no longer names a backend fails, so the list cannot outlive the work).
+PENDING = {
+    "train/run.py": "run.py:175 `cfg.backend.startswith(\"dense\")`: the registry's `exact`/`kernels` flags",
+    "benchmarks/render.py": "BACKEND_TEXT: BackendSpec.runs / .use (models/registry.py) hold the same text",
+}
+
+
+def test_backend_names_only_in_the_registry():
+    found = _backend_names_in(_files("train/*.py", "train/**/*.py", "benchmarks/*.py", "benchmarks/**/*.py"))
+    bad = [f for f in found if f[0] not in PENDING]
+    assert not bad, f"backend names typed outside the backend registry: {bad}"
+    still = {f[0] for f in found}
+    stale = [f for f in PENDING if os.path.exists(os.path.join(REPO, f)) and f not in still]
+    assert not stale, f"{stale} no longer name a backend: remove them from PENDING"
+    for f in sorted(still & set(PENDING)):
+        warnings.warn(f"{f} still names backends (pending: {PENDING[f]})")
+
+
+def test_the_backend_name_check_finds_a_planted_name(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text('BACKEND = "sparse-fused"\nMODE = "sparse-compiled-graphed"\nOTHER = "densely"\n')
+    assert [(line, v) for _, line, v in _backend_names_in([str(planted)])] == [(1, "sparse-fused"),
+                                                                            (2, "sparse-compiled-graphed")]

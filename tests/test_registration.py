@@ -1,4 +1,5 @@
-"""The extension is loaded and the dispatcher has the kernels the build promised."""
+"""The extension is loaded and the dispatcher has exactly the kernels the op table and the build promise; the
+public names are the table's; ``info`` runs."""
 
 import os
 
@@ -7,21 +8,13 @@ import torch
 
 import mmearth_kernels as mk
 from mmearth_kernels import _extension
+from mmearth_kernels.ops.registry import KINDS, OPS
 
-OPS = ["sparse_dwconv2d", "sparse_dwconv2d_backward", "grn", "grn_backward"]
-# fused on CPU; on CUDA the Triton twin (or the unfused pair)
-CPU_ONLY_OPS = ["gelu_grn", "gelu_grn_backward", "sparse_dwconv2d_ln"]
-SCHEMAS = {
-    "sparse_dwconv2d": "mmearth_kernels::sparse_dwconv2d(Tensor x, Tensor weight, Tensor? bias, Tensor row_pos, "
-                       "Tensor inv_map) -> Tensor",
-    "grn": "mmearth_kernels::grn(Tensor x, Tensor gamma, Tensor beta, Tensor offsets, float eps, bool batch_stats) "
-           "-> (Tensor, Tensor)",
-    "gelu_grn": "mmearth_kernels::gelu_grn(Tensor h, Tensor gamma, Tensor beta, Tensor offsets, float eps, "
-                "bool batch_stats) -> (Tensor, Tensor)",
-    "sparse_dwconv2d_ln": "mmearth_kernels::sparse_dwconv2d_ln(Tensor x, Tensor weight, Tensor? bias, "
-                          "Tensor ln_weight, Tensor ln_bias, Tensor row_pos, Tensor inv_map, float eps) "
-                          "-> (Tensor, Tensor, Tensor, Tensor)",
-}
+# The C++ kernels the table declares: (op, dispatch key) of every impl with its own op and a dispatch key
+DECLARED = {(name, KINDS[i.kind].dispatch_key) for spec in OPS.values() for i in spec.impls
+            if i.fused and KINDS[i.kind].dispatch_key for name in i.torch_ops.values()}
+KEYS = sorted({k.dispatch_key for k in KINDS.values() if k.dispatch_key})
+CPP = [(op, key, (op, key) in DECLARED) for op in sorted({op for op, _ in DECLARED}) for key in KEYS]
 
 
 def test_extension_loaded():
@@ -30,19 +23,23 @@ def test_extension_loaded():
     assert _extension.LOADED, f"mmearth_kernels._C did not load: {_extension.LOAD_ERROR}"
 
 
-@pytest.mark.parametrize("op", OPS + CPU_ONLY_OPS)
-def test_cpu_kernels_registered(op):
-    assert _extension.has_kernel(op, "CPU")
+@pytest.mark.parametrize("op, key, declared", CPP, ids=[f"{op}-{key}" for op, key, _ in CPP])
+def test_kernels_registered_as_declared_and_built(op, key, declared):
+    """A kernel for every (op, key) the table declares (CUDA ones iff built with CUDA), none for the others."""
+    if not _extension.LOADED:
+        pytest.skip(f"mmearth_kernels._C is not built: {_extension.LOAD_ERROR}")
+    want = declared and (key == "CPU" or mk.built_with_cuda())
+    assert _extension._dispatcher_has(op, key) == want
+    assert _extension.has_kernel(op, key) == want  # what the table was told at registration
 
 
-@pytest.mark.parametrize("op", OPS)
-def test_cuda_kernels_registered_iff_built_with_cuda(op):
-    assert _extension.has_kernel(op, "CUDA") == mk.built_with_cuda()
-
-
-@pytest.mark.parametrize("op", CPU_ONLY_OPS)
-def test_cpu_only_ops_have_no_cuda_kernel(op):
-    assert not _extension.has_kernel(op, "CUDA")
+def test_every_op_has_its_cpu_kernel_here():
+    """Fails loudly (instead of silently testing nothing) if the extension did not build."""
+    if os.environ.get("MMEARTH_NO_EXT") == "1":
+        pytest.skip("MMEARTH_NO_EXT=1: pure-Python install on purpose")
+    missing = [spec.name for spec in OPS.values() if spec.impl("cpu") and "cpu" not in mk.available_impls(spec.name,
+                                                                                                           "cpu")]
+    assert not missing, f"no C++ CPU kernel for {missing}: mmearth_kernels._C failed to build or load"
 
 
 def test_build_had_cuda_when_required():
@@ -54,14 +51,18 @@ def test_build_had_cuda_when_required():
     assert mk.built_with_cuda(), "the extension was built without its CUDA sources"
 
 
-@pytest.mark.parametrize("op", sorted(SCHEMAS))
-def test_schemas_unchanged(op):
-    assert str(getattr(torch.ops.mmearth_kernels, op).default._schema) == SCHEMAS[op]
+def test_public_names_are_the_tables():
+    for name, spec in OPS.items():
+        assert getattr(mk, name) is spec.fn and name in mk.__all__
+    assert mk.IMPLS == ("auto", *KINDS)
 
 
 def test_info_runs(capsys):
     from mmearth_kernels import info
+    from mmearth_kernels.models.registry import BACKEND_SPECS
 
     info.main()
     out = capsys.readouterr().out
-    assert "extension" in out and "sparse_dwconv2d" in out and "grn" in out
+    assert "extension" in out
+    for name in [*OPS, *BACKEND_SPECS]:
+        assert f"\n{name} " in out or f"  {name} " in out, name

@@ -1,6 +1,7 @@
-"""sparse_dwconv2d_ln = LayerNorm(sparse_dwconv2d(x)): every impl (both Triton tilings) against the reference on
-every mask case and dtype, several channel blocks per row, the saved statistics against aten's, fp64 gradcheck,
-opcheck of the fused ops with mixed requires_grad, torch.compile, bad input."""
+"""sparse_dwconv2d_ln's own semantics (tests/test_op_conformance.py checks every impl and tiling against the reference
+on every mask case and dtype, gradcheck, opcheck, compile and autocast): the reference is LayerNorm of the conv,
+several channel blocks per row with the saved statistics against aten's, every Triton block configuration, only
+the gradients asked for, no zero gradients made, empty rows and channels, bad input."""
 
 import pytest
 import torch
@@ -8,28 +9,24 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import mmearth_kernels as mk
-from mmearth_kernels.testing import LOW_PRECISION, MASK_CASES, dwconv_samples
+from mmearth_kernels.ops.sparse_dwconv_ln import SPARSE_DWCONV2D_LN
+from mmearth_kernels.testing import MASK_CASES, dwconv_samples
 
-from _compare import check_against_reference
-from conftest import device_impls
+from conftest import impl_device, impl_marks
 
-DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 OP = torch.ops.mmearth_kernels
 
 
-def _with_tilings(params):
-    """Every (device, impl) on rows; the Triton ones also on patches (the other impls refuse that tiling)."""
-    out = []
-    for p in params:
-        device, impl = p.values
-        out.append(pytest.param(device, impl, "rows", marks=p.marks, id=f"{p.id}-rows"))
-        if impl == "triton":
-            out.append(pytest.param(device, impl, "patches", marks=p.marks, id=f"{p.id}-patches"))
-    return out
+def _params(fused_only):
+    """(device, impl, tiling) of every non-reference impl of the op table's entry (the fused ones: their own op)."""
+    spec = SPARSE_DWCONV2D_LN
+    return [pytest.param(impl_device(i.kind), i.kind, i.tiling, id=f"{impl_device(i.kind)}-{i.kind}-{i.tiling}",
+                         marks=impl_marks(spec, i.kind, impl_device(i.kind)))
+            for i in spec.impls if i.kind != "ref" and (i.fused or not fused_only)]
 
 
-CASES = _with_tilings(device_impls("sparse_dwconv2d_ln"))
-FUSED = [p for p in CASES if p.id != "cuda-cuda-rows"]  # the CUDA impl is the conv kernel + F.layer_norm
+CASES = _params(fused_only=False)
+FUSED = _params(fused_only=True)
 
 
 def _ln_params(C, device, dtype, seed, requires_grad=False):
@@ -45,27 +42,6 @@ def test_reference_is_layer_norm_of_the_conv():
         want = F.layer_norm(mk.sparse_dwconv2d(*s.args(), impl="ref"), (s.x.shape[1],), lw, lb, 1e-6)
         torch.testing.assert_close(mk.sparse_dwconv2d_ln(*s.args()[:3], lw, lb, s.layout, impl="ref"), want,
                                    rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("case", MASK_CASES, ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device, impl, tiling", CASES)
-def test_matches_reference(device, impl, tiling, dtype, case, poison):
-    checked = 0
-    for s in dwconv_samples(device, dtype, requires_grad=True, cases=[case]):
-        if dtype in LOW_PRECISION and s.x.shape[1] < 8:
-            # A LayerNorm over 3 or 5 channels in bf16/fp16 is ill-conditioned: one ulp of the conv's rounded output
-            # moves a normalised value by up to 1/std, so which of two correct impls (CPU FMA, Triton mul + add) has
-            # the larger max error is a coin toss. These samples are checked in fp32/fp64 only.
-            continue
-        lw, lb = _ln_params(s.x.shape[1], device, dtype, case.seed, requires_grad=True)
-        check_against_reference(
-            s.name,
-            lambda x, w, b, lw, lb, lay=s.layout: mk.sparse_dwconv2d_ln(x, w, b, lw, lb, lay, impl=impl, tiling=tiling),
-            lambda x, w, b, lw, lb, lay=s.layout: mk.sparse_dwconv2d_ln(x, w, b, lw, lb, lay, impl="ref"),
-            [s.x, s.weight, s.bias, lw, lb], dtype, ("dx", "dw", "db", "dln_weight", "dln_bias"), seed=5)
-        checked += 1
-    assert checked, "every mask case keeps a sample with C >= 8"
 
 
 def _stage_one(device, dtype, C=150):
@@ -84,14 +60,8 @@ def _stage_one(device, dtype, C=150):
 @pytest.mark.parametrize("device, impl, tiling", FUSED)
 def test_channel_blocks_and_saved_statistics(device, impl, tiling, dtype):
     x, w, b, lw, lb, lay = _stage_one(device, dtype)
-    if impl == "cpu":
-        y, y1, mean, rstd = OP.sparse_dwconv2d_ln(x, w, b, lw, lb, lay.row_pos, lay.inv_map, 1e-6)
-    elif tiling == "rows":
-        y, y1, mean, rstd = OP.sparse_dwconv2d_ln_triton(x, w, b, lw, lb, lay.row_pos, lay.inv_map, 1e-6)
-    else:
-        t = lay.patch_table
-        y, y1, mean, rstd = OP.sparse_dwconv2d_ln_tiled_triton(x, w, b, lw, lb, t.row0, t.stride, t.patches, t.pad,
-                                                               lay.block, 1e-6)
+    fused = SPARSE_DWCONV2D_LN.impl(impl, tiling)
+    y, y1, mean, rstd = getattr(OP, fused.forward)(x, w, b, lw, lb, *fused.layout_args(lay), 1e-6)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y1, mk.sparse_dwconv2d(x, w, b, lay, impl="ref"), **tol)
     want, want_mean, want_rstd = torch.ops.aten.native_layer_norm(y1, [x.shape[1]], lw, lb, 1e-6)
@@ -121,40 +91,6 @@ def test_every_triton_config(device, impl, tiling):
     for config in module.LN_CONFIGS:
         y, *_ = module.forward_ln(x, w, b, lw, lb, *layout, 1e-6, config=config)
         torch.testing.assert_close(y, want, rtol=1e-10, atol=1e-10, msg=lambda m, c=config: f"{c}: {m}")
-
-
-@pytest.mark.parametrize("device, impl, tiling", CASES)
-def test_gradcheck_fp64(device, impl, tiling):
-    for s in dwconv_samples(device, torch.float64, requires_grad=True, cases=MASK_CASES[1:4]):
-        if s.x.numel() > 600:
-            continue
-        lw, lb = _ln_params(s.x.shape[1], device, torch.float64, 2, requires_grad=True)
-        f = lambda x, w, b, lw, lb, lay=s.layout: mk.sparse_dwconv2d_ln(x, w, b, lw, lb, lay, impl=impl,  # noqa: E731
-                                                                        tiling=tiling)
-        assert torch.autograd.gradcheck(f, (s.x, s.weight, s.bias, lw, lb), fast_mode=impl == "triton"), s.name
-
-
-def _fused_call(impl, tiling, lay):
-    """(the op, its layout arguments) of a fused impl."""
-    if impl == "cpu":
-        return OP.sparse_dwconv2d_ln.default, (lay.row_pos, lay.inv_map)
-    if tiling == "rows":
-        return OP.sparse_dwconv2d_ln_triton.default, (lay.row_pos, lay.inv_map)
-    t = lay.patch_table
-    return OP.sparse_dwconv2d_ln_tiled_triton.default, (t.row0, t.stride, t.patches, t.pad, lay.block)
-
-
-@pytest.mark.parametrize("needs", ["all", "x only", "ln only", "none"])
-@pytest.mark.parametrize("device, impl, tiling", FUSED)
-def test_opcheck(device, impl, tiling, needs):
-    for s in dwconv_samples(device, torch.float32, cases=MASK_CASES):
-        lw, lb = _ln_params(s.x.shape[1], device, torch.float32, 4)
-        for t, on in ((s.x, needs in ("all", "x only")), (s.weight, needs == "all"), (s.bias, needs == "all"),
-                      (lw, needs in ("all", "ln only")), (lb, needs == "all")):
-            if t is not None:
-                t.requires_grad_(on)
-        op, layout = _fused_call(impl, tiling, s.layout)
-        torch.library.opcheck(op, (s.x, s.weight, s.bias, lw, lb, *layout, 1e-6))
 
 
 @pytest.mark.parametrize("device, impl, tiling", FUSED)
@@ -213,29 +149,6 @@ def test_empty_rows_and_channels(device, impl, tiling):
         y.sum().backward()
         for t in (x, w, b, lw, lb):
             assert t.grad is not None and t.grad.shape == t.shape and not t.grad.any()
-
-
-@pytest.mark.parametrize("device, impl, tiling", FUSED)
-def test_compiled_with_the_layout_built_inside(device, impl, tiling):
-    """torch.compile(fullgraph=True) with the layout built inside the graph, as the encoder does every step."""
-    torch._dynamo.reset()
-    mask = mk.random_patch_mask(2, 4, 0.75, generator=torch.Generator().manual_seed(4)).to(device)
-
-    def f(x, w, b, lw, lb):
-        return mk.sparse_dwconv2d_ln(x, w, b, lw, lb, mk.build_layout(mask, 12, 4), impl=impl, tiling=tiling)
-
-    lay = mk.build_layout(mask, 12, 4)
-    gen = torch.Generator().manual_seed(0)
-    args = [torch.randn(lay.num_rows, 5, generator=gen), torch.randn(5, 1, 3, 3, generator=gen),
-            torch.randn(5, generator=gen), *_ln_params(5, "cpu", torch.float32, 6)]
-    outs = []
-    for fn in (f, torch.compile(f, fullgraph=True)):
-        leaves = [a.detach().to(device).requires_grad_() for a in args]
-        y = fn(*leaves)
-        (y * torch.arange(y.numel(), device=device).reshape(y.shape).sin()).sum().backward()
-        outs.append([y.detach()] + [t.grad for t in leaves])
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_arguments_are_named():

@@ -1,5 +1,6 @@
-"""sparse_dwconv2d(tiling="patches"): the patch-tiled Triton kernels against the reference on every mask case
-(blocks of 1..4 px, odd channel counts, K = 1, 3, 5, 7), gradients, opcheck, determinism; the layout's block."""
+"""sparse_dwconv2d(tiling="patches")'s own semantics (tests/test_op_conformance.py checks it against the reference on
+every mask case, dtype, gradcheck, opcheck and compile): 8 px blocks and a 15x15 kernel, a deterministic weight
+gradient, the layout's per-patch table and block, the tiling's errors."""
 
 import pytest
 import torch
@@ -7,24 +8,10 @@ import torch
 import mmearth_kernels as mk
 from mmearth_kernels.testing import MASK_CASES, dwconv_samples, make_layout
 
-from _compare import check_against_reference
 from conftest import device_impls
 
-TILED = [p for p in device_impls("sparse_dwconv2d") if "triton" in p.id]
-DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+TILED = [p for p in device_impls("sparse_dwconv2d") if p.values[1] == "triton"]
 OP = torch.ops.mmearth_kernels
-
-
-@pytest.mark.parametrize("case", MASK_CASES, ids=str)
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("device, impl", TILED)
-def test_matches_reference(device, impl, dtype, case, poison):
-    for s in dwconv_samples(device, dtype, requires_grad=True, cases=[case]):
-        assert s.layout.block is not None
-        check_against_reference(
-            s.name, lambda x, w, b, lay=s.layout: mk.sparse_dwconv2d(x, w, b, lay, impl=impl, tiling="patches"),
-            lambda x, w, b, lay=s.layout: mk.sparse_dwconv2d(x, w, b, lay, impl="ref"),
-            [s.x, s.weight, s.bias], dtype, ("dx", "dw", "db"))
 
 
 @pytest.mark.parametrize("device, impl", TILED)
@@ -41,34 +28,15 @@ def test_stage_blocks_8_and_odd_channels(device, impl):
 
 
 @pytest.mark.parametrize("device, impl", TILED)
-def test_gradcheck_fp64(device, impl):
-    for s in dwconv_samples(device, torch.float64, requires_grad=True, cases=MASK_CASES[1:4]):
-        if s.x.numel() > 600:
-            continue
-        f = lambda x, w, b, lay=s.layout: mk.sparse_dwconv2d(x, w, b, lay, impl=impl, tiling="patches")  # noqa: E731
-        assert torch.autograd.gradcheck(f, (s.x, s.weight, s.bias), fast_mode=True), s.name
-
-
-@pytest.mark.parametrize("device, impl", TILED)
-def test_opcheck_and_output_mask(device, impl):
-    for s in dwconv_samples(device, torch.float32, cases=MASK_CASES):
+def test_weight_gradient_is_deterministic(device, impl):
+    """The weight gradient is summed over tiles in a fixed order: the same bits every call."""
+    for s in dwconv_samples(device, torch.float32, cases=MASK_CASES[1:5]):
         t = s.layout.patch_table
         table = (t.row0, t.stride, t.patches, t.pad, s.layout.block)
-        torch.library.opcheck(OP.sparse_dwconv2d_tiled_triton.default, (s.x, s.weight, s.bias, *table))
         g = torch.randn_like(s.x)
-        full = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, *table, [True] * 3)
-        torch.library.opcheck(OP.sparse_dwconv2d_tiled_backward_triton.default,
-                              (g, s.x, s.weight, *table, [True, True, True]))
-        for mask in ([True, False, False], [False, True, True], [False, False, True]):
-            part = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, *table, mask)
-            for want, got, asked in zip(full, part, mask):
-                if asked:
-                    assert torch.equal(got, want), s.name
-                else:
-                    assert got.numel() == 0, s.name
-        # deterministic: the weight gradient is summed over tiles in a fixed order
+        one = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, *table, [True] * 3)
         again = OP.sparse_dwconv2d_tiled_backward_triton(g, s.x, s.weight, *table, [True] * 3)
-        assert all(torch.equal(a, b) for a, b in zip(full, again)), s.name
+        assert all(torch.equal(a, b) for a, b in zip(one, again)), s.name
 
 
 def test_patch_table_is_the_row_arithmetic():
@@ -124,28 +92,3 @@ def test_patches_tiling_errors():
     # the reference accepts the tiling (same maths): the same numbers
     torch.testing.assert_close(mk.sparse_dwconv2d(*s.args(), impl="ref", tiling="patches"),
                                mk.sparse_dwconv2d(*s.args(), impl="ref"))
-
-
-@pytest.mark.parametrize("device, impl", TILED)
-def test_compiled_with_the_layout_built_inside(device, impl):
-    """torch.compile(fullgraph=True) with the layout (and so its patch table) built inside the graph, as the
-    encoder does every step; forward and backward equal eager."""
-    torch._dynamo.reset()
-    mask = mk.random_patch_mask(2, 4, 0.75, generator=torch.Generator().manual_seed(4)).to(device)
-
-    def f(x, w, b):
-        lay = mk.build_layout(mask, 12, 4)
-        return mk.sparse_dwconv2d(x, w, b, lay, impl=impl, tiling="patches")
-
-    lay = mk.build_layout(mask, 12, 4)
-    gen = torch.Generator().manual_seed(0)
-    args = [torch.randn(lay.num_rows, 5, generator=gen), torch.randn(5, 1, 3, 3, generator=gen),
-            torch.randn(5, generator=gen)]
-    outs = []
-    for fn in (f, torch.compile(f, fullgraph=True)):
-        leaves = [a.to(device).requires_grad_() for a in args]
-        y = fn(*leaves)
-        y.pow(2).sum().backward()
-        outs.append([y.detach()] + [t.grad for t in leaves])
-    for a, b in zip(*outs):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
