@@ -1,5 +1,5 @@
-"""One ConvNeXt V2 encoder forward + backward, dense-masked vs sparse, on the same weights and data
-(atto and tiny, 56/8, 19 of 49 patches kept, fp32). CPU batch 32; GPU batch 64.
+"""One ConvNeXt V2 encoder forward + backward, the reference backend (dense-masked) vs the default (sparse), on the
+same weights and data (atto and tiny, 56/8, 19 of 49 patches kept, fp32). CPU batch 32; GPU batch 64.
 
     cd benchmarks && python -m pytest bench_encoder.py --benchmark-only
 """
@@ -9,10 +9,12 @@ import torch
 
 import mmearth_kernels as mk
 from mmearth_kernels.models import encoder
+from mmearth_kernels.models.registry import default_backend, reference_backend
 
 from conftest import BATCH, CONTEXT, DEVICES, sync
 
-CASES = [(dev, size, backend) for dev in DEVICES for size in ("atto", "tiny") for backend in ("dense", "sparse")]
+CASES = [(dev, size, backend) for dev in DEVICES for size in ("atto", "tiny")
+         for backend in (reference_backend(), default_backend())]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(c))

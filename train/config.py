@@ -11,6 +11,11 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from mmearth_kernels.models.registry import backends_help, default_backend
+from mmearth_kernels.ops.registry import impls_help
+
+from .data.cli import ArgumentParser
+
 
 def _f(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
@@ -30,11 +35,8 @@ class TrainConfig:
     model: str = _f("atto", "ConvNeXt V2 size: atto, femto, pico, nano, tiny, base, large, huge")
     patch_size: int = _f(8, "mask patch size in pixels (8 at 56 px, 16 at 112 px)")
     tasks: str = _f("all", "pretext tasks: all, s2, pixel, image, or a comma-separated list")
-    backend: str = _f("sparse", "encoder backend: dense (exact masked emulation), sparse, sparse-fused (second-"
-                                "generation kernels: GELU+GRN fused), minkowski, dense-plain (only "
-                                "the input masked, as upstream --sparse False: not equivalent, the cheapest dense "
-                                "baseline)")
-    impl: str = _f("auto", "kernel implementation: auto, ref, cpu, cuda, triton")
+    backend: str = _f(default_backend(), backends_help())  # both from the backend registry
+    impl: str = _f("auto", impls_help())
     grn_stats: str = _f("per_sample", "GRN statistics: per_sample (paper/JAX) or batch (released code)")
     decoder: str = _f("shared", "decoder: shared (one block for all tasks, as released) or per_task")
     decoder_dim: int = _f(512, "decoder width (512 as released)")
@@ -154,7 +156,8 @@ def _check_paths(cfg: TrainConfig) -> None:
 
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Every option checked before anything runs; raises ConfigError naming the first bad one."""
-    from mmearth_kernels.models.convnextv2 import BACKENDS, GRN_STATS, SIZES, STEMS
+    from mmearth_kernels.models.convnextv2 import GRN_STATS, SIZES, STEMS
+    from mmearth_kernels.models.registry import BACKENDS
     from mmearth_kernels.models.mpmae import check_mask_ratio
     from mmearth_kernels.tasks import resolve_tasks
     from mmearth_kernels.ops import IMPLS

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from mmearth_kernels.models.convnextv2 import ConvNeXtV2Encoder
 from mmearth_kernels.interop import export_dense, save_file
 from mmearth_kernels.models.mpmae import MPMAE
+from mmearth_kernels.models.registry import reference_backend
 from mmearth_kernels.tasks import PIXEL_TASKS, resolve_tasks
 
 LABELS = ("dominant_landcover", "elevation_band", "biome", "eco_region")
@@ -77,19 +78,20 @@ def _load_trainer_checkpoint(path: str) -> dict:
 
 
 def encoder_from_checkpoint(path: str, img_size: int, random_init: bool = False) -> ConvNeXtV2Encoder:
-    """The checkpoint's encoder on the dense backend for ``img_size`` inputs (fully convolutional, so any
+    """The checkpoint's encoder on the reference (dense) backend for ``img_size`` inputs (fully convolutional, so any
     multiple of the patch size works). ``random_init``: the same architecture initialised exactly as the
     run that wrote the checkpoint started (its init mode and seed), not its trained weights."""
     ck = _load_trainer_checkpoint(path)
     cfg = ck["config"]
     stem = cfg.get("stem", "mmearth")  # checkpoints before --stem: the MMEarth stem
-    enc = ConvNeXtV2Encoder(cfg["model"], img_size=img_size, patch_size=cfg["patch_size"], stem=stem, backend="dense")
+    enc = ConvNeXtV2Encoder(cfg["model"], img_size=img_size, patch_size=cfg["patch_size"], stem=stem,
+                            backend=reference_backend())
     if random_init:
         torch.manual_seed(cfg["seed"])  # rank 0's seed: the weights the run started from
         tasks = cfg["tasks"]
         start = MPMAE(cfg["model"], img_size=cfg["crop"], patch_size=cfg["patch_size"], decoder=cfg["decoder"],
                       decoder_dim=cfg.get("decoder_dim", 512),  # checkpoints before --decoder-dim: 512
-                      tasks=resolve_tasks(tasks), init=cfg["init"], backend="dense", stem=stem)
+                      tasks=resolve_tasks(tasks), init=cfg["init"], backend=reference_backend(), stem=stem)
         state = {k[len("encoder."):]: v for k, v in start.state_dict().items() if k.startswith("encoder.")}
     else:
         state = {k[len("encoder."):]: v for k, v in ck["model"].items() if k.startswith("encoder.")}

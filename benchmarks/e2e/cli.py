@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import asdict
 
+from mmearth_kernels.models.registry import BACKEND_SPECS, default_backend, reference_backend
 from mmearth_kernels.tasks import TASK_SETS
 
 from .cases import GEOMETRIES, PRECISIONS, Case, available_backends, default_device, parse_backend, quick_grid, \
@@ -30,7 +31,8 @@ def build_parser(doc: str) -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc.split("\n\n", 1)[1])
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--backends", help="comma-separated; 'all' = every backend available here (quick grid: "
-                                       "dense,dense-plain,sparse on CPU; graphed, eager and compiled-graphed on GPU)")
+                                       f"{quick_grid('cpu')['backends']} on CPU; graphed, eager and compiled-graphed "
+                                       "on GPU); names: " + parse_backend.__doc__.split(": ", 1)[1].replace("``", ""))
     ap.add_argument("--sizes", help="ConvNeXt V2 sizes, e.g. atto,tiny,base")
     ap.add_argument("--geometries", help="image/patch: 56/8 and/or 112/16")
     ap.add_argument("--mask-ratios", help="e.g. 0,0.4,0.6,0.75")
@@ -278,16 +280,16 @@ def write_report(path: str) -> dict:
 
 
 def scaling_sweeps(args, device: str, backends: list[str], run) -> list[dict]:
-    """Sparse backend (the first sparse one selected, else 'sparse'): kept fraction at the first size;
-    batch size (x0.25, x0.5, x1) and width (atto, femto, pico, nano) at mask 0.6."""
-    sparse = next((b for b in backends if b.startswith("sparse")), "sparse")
+    """A kernel backend (the first selected, else the default) against the reference: kept fraction at the first
+    size; batch size (x0.25, x0.5, x1) and width (atto, femto, pico, nano) at mask 0.6."""
+    sparse = next((b for b in backends if BACKEND_SPECS[parse_backend(b).kind].kernels), default_backend())
     size, geom, prec = _list(args.sizes)[0], _list(args.geometries)[0], _list(args.precisions)[0]
     batch = _list(args.batch, int)[0]
     sweep = [Case(sparse, size, geom, m, prec, batch, args.tasks) for m in (0.0, 0.25, 0.4, 0.6, 0.75, 0.9)]
     batches = sorted({max(1, batch // 4), max(1, batch // 2), batch})
-    sweep += [Case(b, size, geom, 0.6, prec, n, args.tasks) for n in batches for b in (sparse, "dense")]
+    sweep += [Case(b, size, geom, 0.6, prec, n, args.tasks) for n in batches for b in (sparse, reference_backend())]
     widths = ("atto", "femto", "pico", "nano") if not args.smoke else ("atto", "femto")
-    sweep += [Case(b, w, geom, 0.6, prec, batch, args.tasks) for w in widths for b in (sparse, "dense")]
+    sweep += [Case(b, w, geom, 0.6, prec, batch, args.tasks) for w in widths for b in (sparse, reference_backend())]
     out = []
     from tqdm import tqdm
 

@@ -11,9 +11,10 @@ import sys
 
 import torch
 
-from mmearth_kernels.ops import available_impls
+from mmearth_kernels.models.registry import BACKEND_SPECS, reference_backend
+from mmearth_kernels.ops.registry import OPS
 
-from .cases import BASELINES, Case, mode_baseline
+from .cases import BASELINES, Case, mode_baseline, parse_backend
 from .run import memory_of
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ def context(device: str, args) -> dict:
             "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "torch": torch.__version__,
             "cuda": torch.version.cuda, "triton": triton_v, "python": platform.python_version(), "git": sha,
             "git_dirty": dirty, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "sparse_impls": {op: available_impls(op, device) for op in ("sparse_dwconv2d", "grn")},
+            "sparse_impls": {op: spec.available_impls(device) for op, spec in OPS.items()},
             "command": "python -m benchmarks.e2e " + " ".join(sys.argv[1:]), "options": vars(args)}
 
 
@@ -59,23 +60,24 @@ def _group_key(r: dict) -> tuple:
 
 
 def ratios_to_baselines(results: list[dict]) -> None:
-    """Adds, from the same run and group: ``speedup_vs_dense`` / ``memory_vs_dense`` (against dense eager,
-    as before) and ``speedup_vs_<baseline>_same_mode`` against dense and dense-plain in the case's own
-    execution mode (graphed against graphed, compiled against compiled)."""
+    """Adds, from the same run and group: ``speedup_vs_<reference>`` / ``memory_vs_<reference>`` (against the
+    reference backend eager: ``speedup_vs_dense``, as before) and ``speedup_vs_<baseline>_same_mode`` against every
+    baseline in the case's own execution mode (graphed against graphed, compiled against compiled)."""
     ordered = sorted(results, key=lambda r: not r.get("sweep"))  # a grid row wins over a sweep row
     by = {(_group_key(r), r["backend"]): r for r in reversed(ordered) if "ms_step" in r}
+    ref = reference_backend()
     for r in results:
         if "ms_step" not in r:
             continue
-        d = by.get((_group_key(r), "dense"))
+        d = by.get((_group_key(r), ref))
         if d:
-            r["speedup_vs_dense"] = d["ms_step"] / r["ms_step"]
+            r[f"speedup_vs_{ref}"] = d["ms_step"] / r["ms_step"]
             if memory_of(r) and memory_of(d):
-                r["memory_vs_dense"] = memory_of(r) / memory_of(d)
+                r[f"memory_vs_{ref}"] = memory_of(r) / memory_of(d)
         for base in BASELINES:
-            ref = by.get((_group_key(r), mode_baseline(r["backend"], base)))
-            if ref and ref is not r:
-                r[f"speedup_vs_{base}_same_mode"] = ref["ms_step"] / r["ms_step"]
+            b = by.get((_group_key(r), mode_baseline(r["backend"], base)))
+            if b and b is not r:
+                r[f"speedup_vs_{base}_same_mode"] = b["ms_step"] / r["ms_step"]
 
 
 def _ratio(v) -> str:
@@ -92,20 +94,22 @@ def markdown(results: list[dict], ctx: dict) -> str:
     dev = ctx["gpu"] if cuda else f"{ctx['cpu']} ({ctx['threads']} threads)"
     count_cols = "kernels/step | launch calls/step | kernel ms/step" if cuda else "ops/step | custom ops/step"
     n_count = count_cols.count("|") + 1
+    ref = reference_backend()
     lines = [f"End-to-end MP-MAE training step ({ctx['device']}: {dev}; torch {ctx['torch']}, git {ctx['git']}, "
              f"{ctx['date']})", "", f"`{ctx['command']}`", "",
-             "Speed-ups are time ratios from this run: against dense (the exact masked emulation) and dense-plain "
-             "(only the input masked, upstream's `--sparse False`: not equivalent, the cheapest dense step) in the "
-             "same execution mode (eager, compiled, graphed), and against dense eager.", "",
+             "Speed-ups are time ratios from this run: against "
+             + " and ".join(f"{b} ({BACKEND_SPECS[b].summary})" for b in BASELINES)
+             + f" in the same execution mode (eager, compiled, graphed), and against {ref} eager.", "",
              f"| model | geometry | precision | batch | mask | backend | ms/step | img/s | {mem_name} | "
-             f"vs dense, same mode | vs dense-plain, same mode | vs dense eager | memory vs dense | {count_cols} |",
-             "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * n_count]
+             + "".join(f"vs {b}, same mode | " for b in BASELINES)
+             + f"vs {ref} eager | memory vs {ref} | {count_cols} |",
+             "|---|---|---|---|---|---|---:|---:|---:|" + "---:|" * (len(BASELINES) + 2 + n_count)]
     for r in sorted(results, key=lambda r: (_group_key(r), results.index(r))):
         head = (f"| {r['size']} | {r['geometry']} | {r['precision']} | {r['batch']} | {r['mask_ratio']:g} | "
                 f"{r['backend']} |")
         if "ms_step" not in r:
             what = f"skipped: {r['skipped']}" if "skipped" in r else f"failed: {r.get('error', '?')[:80]}"
-            lines.append(f"{head} {what} |" + " |" * (7 + n_count))
+            lines.append(f"{head} {what} |" + " |" * (len(BASELINES) + 5 + n_count))
             continue
         if cuda:
             counts = (f"{_num(r.get('kernels_per_step'))} | {_num(r.get('launch_calls_per_step'))} | "
@@ -113,9 +117,8 @@ def markdown(results: list[dict], ctx: dict) -> str:
         else:
             counts = f"{_num(r.get('ops_per_step'))} | {_num(r.get('custom_ops_per_step'))}"
         lines.append(f"{head} {r['ms_step']:.1f} | {r['img_s']:.1f} | {_num(memory_of(r))} | "
-                     f"{_ratio(r.get('speedup_vs_dense_same_mode'))} | "
-                     f"{_ratio(r.get('speedup_vs_dense-plain_same_mode'))} | "
-                     f"{_ratio(r.get('speedup_vs_dense'))} | {_ratio(r.get('memory_vs_dense'))} | {counts} |")
+                     + "".join(f"{_ratio(r.get(f'speedup_vs_{b}_same_mode'))} | " for b in BASELINES)
+                     + f"{_ratio(r.get(f'speedup_vs_{ref}'))} | {_ratio(r.get(f'memory_vs_{ref}'))} | {counts} |")
     return "\n".join(lines) + "\n"
 
 
@@ -240,10 +243,11 @@ def linear_fit(xs: list[float], ys: list[float]) -> dict:
 
 
 def scaling_fits(results: list[dict]) -> list[dict]:
-    """For each sparse backend and group: ms/step against kept fraction (slope = cost of the visible
-    part; intercept = what does not shrink with masking: decoder, heads, losses, optimiser, overheads)."""
+    """For each backend but the baselines (the sparse ones) and group: ms/step against kept fraction (slope = cost
+    of the visible part; intercept = what does not shrink with masking: decoder, heads, losses, optimiser,
+    overheads)."""
     fits = []
-    ok = [r for r in results if "ms_step" in r and r["backend"].startswith(("sparse", "minkowski"))]
+    ok = [r for r in results if "ms_step" in r and parse_backend(r["backend"]).kind not in BASELINES]
     for key in sorted({(r["backend"], r["size"], r["geometry"], r["precision"], r["batch"]) for r in ok}):
         rows = [r for r in ok if (r["backend"], r["size"], r["geometry"], r["precision"], r["batch"]) == key]
         if len({r["kept_fraction"] for r in rows}) >= 2:
