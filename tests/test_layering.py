@@ -154,13 +154,16 @@ def _backend_names_in(paths) -> list:
 
 
 def _files(*patterns):
-    return sorted(p for pattern in patterns for p in glob.glob(os.path.join(REPO, pattern), recursive=True))
+    return sorted({p for pattern in patterns for p in glob.glob(os.path.join(REPO, pattern), recursive=True)})
 
 
 # Files another change is still moving to the registry: listed here with what is left, checked to still need it
 # (an entry that no longer names a backend fails, so the list cannot outlive the work).
 PENDING = {
-    "train/run.py": "run.py:175 `cfg.backend.startswith(\"dense\")`: the registry's `exact`/`kernels` flags",
+    "train/run.py": "`cfg.backend.startswith(\"dense\")`: BACKEND_SPECS[cfg.backend].all_sites",
+    "benchmarks/e2e/run.py": "`b.kind.startswith(\"dense\")`: BACKEND_SPECS[b.kind].all_sites",
+    "benchmarks/gpu_check.py": "E2E_GRID's backend lists: from benchmarks.e2e.cases (quick_grid, available_backends) "
+                               "or the registry's default_backend() / baseline_backends()",
     "benchmarks/render.py": "BACKEND_TEXT: BackendSpec.runs / .use (models/registry.py) hold the same text",
 }
 

@@ -182,7 +182,7 @@ def _minkowski_missing(device) -> str | None:
 
 
 register_backend(BackendSpec(
-    "dense", Dense, reference=True, baseline=True,
+    "dense", Dense, reference=True, baseline=True, all_sites=True,
     summary="exact masked emulation in plain PyTorch",
     runs="the exact masked emulation in plain PyTorch: full maps, the mask re-applied after every spatial op, GRN "
          "statistics over the visible sites",
@@ -206,7 +206,7 @@ register_backend(BackendSpec(
     use="parity checks against the released engine; not a fast path",
     needs="MinkowskiEngine (`bash scripts/build_minkowski.sh`)"))
 register_backend(BackendSpec(
-    "dense-plain", functools.partial(Dense, remask=False), exact=False, baseline=True,
+    "dense-plain", functools.partial(Dense, remask=False), exact=False, baseline=True, all_sites=True,
     summary="only the input masked, as upstream --sparse False: not equivalent, the cheapest dense baseline",
     runs="a plain ConvNeXt V2 with only the input masked (upstream's `--sparse False`); **not** equivalent: masked "
          "sites fill up after the first conv",

@@ -22,9 +22,10 @@ class BackendSpec:
     ``why_unavailable(device)``: None where it runs, else why not. ``exact``: computes FCMAE's masked function, the
     same outputs and gradients as the reference backend (the parity tests hold it to that). ``kernels``: runs this
     library's ops, so ``impl=`` chooses their kernels (the e2e benchmark's ``<name>-<impl>``). ``slow``: a
-    correctness reference, not a fast path (the tests run it on a small model, marked slow). One backend is the
-    ``default``, one the ``reference`` (exact, nothing compiled: the parity oracle); ``baseline``: what the e2e
-    benchmark divides by (in the same execution mode).
+    correctness reference, not a fast path (the tests run it on a small model, marked slow). ``all_sites``: it
+    computes on every site, masked ones too (the dense backends: their executed FLOPs are the full map's). One
+    backend is the ``default``, one the ``reference`` (exact, nothing compiled: the parity oracle); ``baseline``:
+    what the e2e benchmark divides by (in the same execution mode).
     """
 
     name: str
@@ -37,6 +38,7 @@ class BackendSpec:
     exact: bool = True
     kernels: bool = False
     slow: bool = False
+    all_sites: bool = False
     default: bool = False
     reference: bool = False
     baseline: bool = False
