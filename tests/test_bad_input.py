@@ -36,14 +36,6 @@ DWCONV_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(DWCONV_CASES))
-def test_dwconv_bad_input(name):
-    override, exc, match = DWCONV_CASES[name]
-    kw = dict(x=X, weight=W, bias=B, layout=L28, impl="auto") | override
-    with pytest.raises(exc, match=match):
-        mk.sparse_dwconv2d(kw["x"], kw["weight"], kw["bias"], kw["layout"], impl=kw["impl"])
-
-
 GRN_CASES = {
     "gamma size": (dict(gamma=torch.randn(7)), ValueError, "gamma must hold C = 8"),
     "beta dtype": (dict(beta=G.half()), TypeError, "beta has dtype"),
@@ -68,20 +60,20 @@ GELU_GRN_CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(GELU_GRN_CASES))
-def test_gelu_grn_bad_input(name):
-    override, exc, match = GELU_GRN_CASES[name]
-    kw = dict(h=X, gamma=G, beta=G, layout=L28, eps=1e-6, stats="per_sample", impl="auto") | override
-    with pytest.raises(exc, match=match):
-        mk.gelu_grn(kw["h"], kw["gamma"], kw["beta"], kw["layout"], eps=kw["eps"], stats=kw["stats"], impl=kw["impl"])
+# op -> (a good call's arguments, {case: (what changes, error, message)})
+BAD = {
+    "sparse_dwconv2d": (dict(x=X, weight=W, bias=B, layout=L28, impl="auto"), DWCONV_CASES),
+    "grn": (dict(x=X, gamma=G, beta=G, layout=L28, eps=1e-6, stats="per_sample"), GRN_CASES),
+    "gelu_grn": (dict(h=X, gamma=G, beta=G, layout=L28, eps=1e-6, stats="per_sample", impl="auto"), GELU_GRN_CASES),
+}
 
 
-@pytest.mark.parametrize("name", sorted(GRN_CASES))
-def test_grn_bad_input(name):
-    override, exc, match = GRN_CASES[name]
-    kw = dict(x=X, gamma=G, beta=G, layout=L28, eps=1e-6, stats="per_sample") | override
+@pytest.mark.parametrize("op, name", [(op, name) for op, (_, cases) in BAD.items() for name in sorted(cases)])
+def test_bad_input_is_named(op, name):
+    good, cases = BAD[op]
+    override, exc, match = cases[name]
     with pytest.raises(exc, match=match):
-        mk.grn(kw["x"], kw["gamma"], kw["beta"], kw["layout"], eps=kw["eps"], stats=kw["stats"])
+        OPS[op].fn(**(good | override))
 
 
 @pytest.mark.parametrize("impl", GRN_IMPLS)
