@@ -36,26 +36,21 @@ DWCONV_CASES = {
 }
 
 
-GRN_CASES = {
+FAMILY_CASES = {  # every op of the GRN family
     "gamma size": (dict(gamma=torch.randn(7)), ValueError, "gamma must hold C = 8"),
     "beta dtype": (dict(beta=G.half()), TypeError, "beta has dtype"),
     "stats unknown": (dict(stats="global"), ValueError, "stats must be one of"),
     "eps negative": (dict(eps=-1.0), ValueError, "eps must be >= 0"),
+    "layout of another stage": (dict(layout=L14), ValueError, "another stage"),
+}
+GRN_CASES = FAMILY_CASES | {
     "layout missing": (dict(layout=None), ValueError, "needs a layout"),
     "offsets int64": (dict(layout=L28.offsets.long()), ValueError, "int32"),
-    "layout of another stage": (dict(layout=L14), ValueError, "another stage"),
     "x rank 5": (dict(x=torch.randn(1, 2, 3, 4, 8)), ValueError, "x must be"),
     "dense with a layout": (dict(x=torch.randn(2, 5, 8)), ValueError, "takes no layout"),
 }
-
-
-GELU_GRN_CASES = {
-    "gamma size": (dict(gamma=torch.randn(7)), ValueError, "gamma must hold C = 8"),
-    "beta dtype": (dict(beta=G.half()), TypeError, "beta has dtype"),
-    "stats unknown": (dict(stats="global"), ValueError, "stats must be one of"),
-    "eps negative": (dict(eps=-1.0), ValueError, "eps must be >= 0"),
+GELU_GRN_CASES = FAMILY_CASES | {
     "layout missing": (dict(layout=None), ValueError, "takes packed"),
-    "layout of another stage": (dict(layout=L14), ValueError, "another stage"),
     "dense input": (dict(h=torch.randn(2, 5, 8)), ValueError, "h must be 2-D"),
 }
 
