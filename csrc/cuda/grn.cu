@@ -21,6 +21,7 @@ namespace cuda {
 namespace {
 
 constexpr int64_t kRowsPerPart = index::kGrnRowsPerPart;
+constexpr int64_t kMaxGridX = (int64_t(1) << 31) - 1;
 
 // Rows of part `s` of group `g`: the group is a sample (offsets) or the whole batch. Offsets are not
 // checked on the device (a host sync); instead a group's range is clamped into [0, N] and to
@@ -35,13 +36,21 @@ __device__ __forceinline__ void part_rows(const int32_t* offsets, bool batch_sta
   index::split_range(begin, end, s, S, lo, hi);
 }
 
-// grid (S, G); each thread owns channels c = threadIdx.x, + blockDim.x, ...
+// The (group, part) tasks task = g * S + s, one block each, all on grid x: its limit is 2^31 - 1 blocks, where
+// grid y's 65,535 would cap the batch at 65,535 samples.
+dim3 task_grid(int64_t G, int64_t S) {
+  TORCH_CHECK(G * S <= kMaxGridX, "grn: ", G, " groups x ", S, " parts = ", G * S,
+              " blocks exceed the CUDA grid limit (", kMaxGridX, ")");
+  return dim3(static_cast<unsigned int>(G * S));
+}
+
+// grid task_grid(G, S); each thread owns channels c = threadIdx.x, + blockDim.x, ...
 template <typename T, typename A>
 __global__ void grn_sums_kernel(const T* __restrict__ a, const T* __restrict__ b, const int32_t* __restrict__ offsets,
                                 bool batch_stats, int64_t N, int64_t C, int64_t S, A* __restrict__ s_ab,
                                 A* __restrict__ s_a) {
   // b == nullptr: s_ab = sum a^2 (forward). Otherwise s_ab = sum a*b and s_a = sum a (backward).
-  const int64_t s = blockIdx.x, g = blockIdx.y, task = g * S + s;
+  const int64_t task = blockIdx.x, g = task / S, s = task - g * S;
   int64_t lo, hi;
   part_rows(offsets, batch_stats, N, g, s, S, &lo, &hi);
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
@@ -122,12 +131,13 @@ __global__ void grn_param_grad_kernel(const A* __restrict__ s1, const A* __restr
   }
 }
 
-// grid (S, G): out = a * s[g] + (b ? b * t[g] : t)   (forward: t = beta broadcast; backward: b = x, t = coef)
+// grid task_grid(G, S): out = a * s[g] + (b ? b * t[g] : t)   (forward: t = beta broadcast; backward: b = x,
+// t = coef)
 template <typename T, typename A>
 __global__ void grn_apply_kernel(const T* __restrict__ a, const T* __restrict__ b, const A* __restrict__ s,
                                  const A* __restrict__ t, bool t_per_group, const int32_t* __restrict__ offsets,
                                  bool batch_stats, int64_t N, int64_t C, int64_t S, T* __restrict__ out) {
-  const int64_t part = blockIdx.x, g = blockIdx.y;
+  const int64_t task = blockIdx.x, g = task / S, part = task - g * S;
   int64_t lo, hi;
   part_rows(offsets, batch_stats, N, g, part, S, &lo, &hi);
   const A* sg = s + g * C;
@@ -160,7 +170,7 @@ std::tuple<at::Tensor, at::Tensor> grn_cuda(const at::Tensor& x, const at::Tenso
   const at::Tensor gamma_a = gamma.to(acc).contiguous(), beta_a = beta.to(acc).contiguous();
   if (C == 0) return {y, gnorm};
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 grid(static_cast<unsigned int>(S), static_cast<unsigned int>(G));
+  const dim3 grid = task_grid(G, S);
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, ((C + 31) / 32) * 32));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_cuda", [&] {
     using A = acc_t<scalar_t>;
@@ -205,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grn_backward_cuda(const at::Tenso
   };
   if (C == 0) return finish();
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const dim3 grid(static_cast<unsigned int>(S), static_cast<unsigned int>(G));
+  const dim3 grid = task_grid(G, S);
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, ((C + 31) / 32) * 32));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "grn_backward_cuda", [&] {
     using A = acc_t<scalar_t>;

@@ -4,15 +4,17 @@
 // Output-stationary: one thread per (active row, VEC channels) computes all taps with 16-byte loads
 // along channels (VEC = 16 / sizeof(T) when C and the pointers allow it, else 1); inactive
 // neighbours read as zero; no atomics. The input gradient is the same gather with the flipped
-// kernel. The weight gradient is per-part partials [parts, K*K, C], one thread per channel with the
-// K*K accumulators in registers (K = 3, 5, 7 compiled; other odd K take a generic kernel), followed
-// by a fixed-order reduction. Corrupt layouts (positions outside B*H*W, inv_map entries that are not
+// kernel. The weight gradient is per-part partials [parts, K*K, C]: a block per (part, 32 channels), its
+// warps splitting the part's rows, each thread with its K*K accumulators in registers (K = 3, 5, 7
+// compiled; other odd K take a generic kernel), the warps' sums added in a fixed order in shared
+// memory, then a fixed-order reduction over parts. Corrupt layouts (positions outside B*H*W, inv_map entries that are not
 // rows) read as inactive sites: never an access outside the tensors (sparse_index.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <initializer_list>
@@ -84,60 +86,125 @@ void launch_gather(const T* x, const A* w, const A* bias, const int32_t* row_pos
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-// Weight/bias-gradient partials with K known at compile time: each thread owns one channel of one
-// part, decodes each row once and keeps the K*K sums in registers (loads coalesced across channels).
-template <typename T, typename A, int K>
-__global__ void dwconv_wgrad_partial_kernel_k(const T* __restrict__ dy, const T* __restrict__ x,
-                                              const int32_t* __restrict__ row_pos,
-                                              const int32_t* __restrict__ inv_map, int64_t B, int64_t N, int64_t H,
-                                              int64_t W, int64_t C, int64_t parts, A* __restrict__ dw_part,
-                                              A* __restrict__ db_part) {
-  const int64_t part = blockIdx.x;
-  const int64_t c = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= C) return;
-  int64_t lo, hi;
-  index::split_range(0, N, part, parts, &lo, &hi);
-  A acc[K * K];
+// Weight/bias-gradient partials dw_part[part, t, c] = sum_p dy[p, c] * x[p + o_t, c] and db_part[part, c] =
+// sum_p dy[p, c] over the rows p of one part. A block owns one part and kWarpSize channels, walked in channel
+// blocks cb = blockIdx.y, + gridDim.y, ...: lane l owns channel cb * kWarpSize + l (loads coalesced across the
+// warp) and warp w the rows lo + w, lo + w + kWgradWarps, ... of the part (neighbouring rows in flight together,
+// so their overlapping windows share L1). Every thread sums its rows in row order; the warps' sums of each (tap,
+// channel) are then added in warp order through shared memory (reduce_taps). Rows per thread, the summation order
+// and the parts (index::dwconv_parts) depend only on N and kThreads: deterministic, no atomics. At C = 40 a block
+// of 256 threads keeps 8 x 32 lanes busy where one thread per channel kept 40.
+constexpr int kWarpSize = 32;
+constexpr int kWgradWarps = kThreads / kWarpSize;
+static_assert(kThreads % kWarpSize == 0, "a block is whole warps");
+// Tap index K*K stands for the bias (the sum of dy) in reduce_taps.
+
+// One round of the block reduction: `vals[j]` is this thread's sum for tap t0 + j of its channel. Afterwards thread
+// (warp w, lane l) adds the kWgradWarps warps' values of tap t0 + w, channel c (its own lane's), in warp order and
+// writes it. Every thread of the block must call it (it has barriers), with the same t0.
+template <typename A>
+__device__ __forceinline__ void reduce_taps(const A (&vals)[kWgradWarps], int64_t t0, int64_t KK, int64_t part,
+                                            int64_t c, int64_t C, A (*shared)[kWgradWarps][kWarpSize],
+                                            A* __restrict__ dw_part, A* __restrict__ db_part) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
 #pragma unroll
-  for (int t = 0; t < K * K; ++t) acc[t] = A(0);
-  A db = 0;
-  for (int64_t p = lo; p < hi; ++p) {
-    const index::Site s = index::decode(row_pos[p], B, H, W);
-    const A g = static_cast<A>(dy[p * C + c]);
-    db += g;
+  for (int j = 0; j < kWgradWarps; ++j) shared[warp][j][lane] = vals[j];
+  __syncthreads();
+  A sum = 0;
 #pragma unroll
-    for (int t = 0; t < K * K; ++t) {
-      const int32_t q = index::neighbour_row(inv_map, s, H, W, N, index::tap_dh(t, K), index::tap_dw(t, K));
-      if (q >= 0) acc[t] += g * static_cast<A>(x[int64_t(q) * C + c]);
+  for (int w = 0; w < kWgradWarps; ++w) sum += shared[w][warp][lane];
+  const int64_t t = t0 + warp;
+  if (c < C) {
+    if (t < KK) {
+      dw_part[(part * KK + t) * C + c] = sum;
+    } else if (t == KK) {
+      db_part[part * C + c] = sum;
     }
   }
-#pragma unroll
-  for (int t = 0; t < K * K; ++t) dw_part[(part * K * K + t) * C + c] = acc[t];
-  db_part[part * C + c] = db;
+  __syncthreads();  // the next round overwrites `shared`
 }
 
-// Generic-K partials of dw[t, c] = sum_p dy[p, c] * x[p + o_t, c] and db[c] = sum_p dy[p, c] over one part.
-template <typename T, typename A>
-__global__ void dwconv_wgrad_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x,
-                                            const int32_t* __restrict__ row_pos, const int32_t* __restrict__ inv_map,
-                                            int64_t B, int64_t N, int64_t H, int64_t W, int64_t K, int64_t C,
-                                            int64_t parts, A* __restrict__ dw_part, A* __restrict__ db_part) {
+// K known at compile time (3, 5, 7): the K*K sums of a thread stay in registers (compile-time indices only).
+// __launch_bounds__(kThreads, 1) here and below: without the 1, ptxas spills a few bytes on sm_80 to fit one more
+// block per SM (benchmarks/kernel_resources found it); spills cost more than that occupancy gains.
+template <typename T, typename A, int K>
+__global__ void __launch_bounds__(kThreads, 1)
+    dwconv_wgrad_partial_kernel_k(const T* __restrict__ dy, const T* __restrict__ x,
+                                  const int32_t* __restrict__ row_pos, const int32_t* __restrict__ inv_map, int64_t B,
+                                  int64_t N, int64_t H, int64_t W, int64_t C, int64_t parts, A* __restrict__ dw_part,
+                                  A* __restrict__ db_part) {
+  constexpr int KK = K * K;
+  constexpr int kRounds = (KK + 1 + kWgradWarps - 1) / kWgradWarps;  // the taps and the bias
+  __shared__ A shared[kWgradWarps][kWgradWarps][kWarpSize];
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int64_t part = blockIdx.x;
-  const int64_t c = blockIdx.y * int64_t(blockDim.x) + threadIdx.x;
-  if (c >= C) return;
   int64_t lo, hi;
   index::split_range(0, N, part, parts, &lo, &hi);
-  A db = 0;
-  for (int64_t p = lo; p < hi; ++p) db += static_cast<A>(dy[p * C + c]);
-  db_part[part * C + c] = db;
-  for (int64_t t = 0; t < K * K; ++t) {
-    A acc = 0;
-    for (int64_t p = lo; p < hi; ++p) {
-      const index::Site s = index::decode(row_pos[p], B, H, W);
-      const int32_t q = index::neighbour_row(inv_map, s, H, W, N, index::tap_dh(t, K), index::tap_dw(t, K));
-      if (q >= 0) acc += static_cast<A>(dy[p * C + c]) * static_cast<A>(x[int64_t(q) * C + c]);
+  const int64_t channel_blocks = (C + kWarpSize - 1) / kWarpSize;
+  for (int64_t cb = blockIdx.y; cb < channel_blocks; cb += gridDim.y) {  // the same cb in every thread: barriers ok
+    const int64_t c = cb * kWarpSize + lane;
+    A acc[kRounds * kWgradWarps];  // taps 0..KK-1, the bias at KK, zero padding to whole rounds
+#pragma unroll
+    for (int t = 0; t < kRounds * kWgradWarps; ++t) acc[t] = A(0);
+    if (c < C) {
+      for (int64_t p = lo + warp; p < hi; p += kWgradWarps) {
+        const index::Site s = index::decode(row_pos[p], B, H, W);
+        const A g = static_cast<A>(dy[p * C + c]);
+        acc[KK] += g;
+#pragma unroll
+        for (int t = 0; t < KK; ++t) {
+          const int32_t q = index::neighbour_row(inv_map, s, H, W, N, index::tap_dh(t, K), index::tap_dw(t, K));
+          if (q >= 0) acc[t] += g * static_cast<A>(x[int64_t(q) * C + c]);
+        }
+      }
     }
-    dw_part[(part * K * K + t) * C + c] = acc;
+#pragma unroll
+    for (int r = 0; r < kRounds; ++r) {
+      A vals[kWgradWarps];
+#pragma unroll
+      for (int j = 0; j < kWgradWarps; ++j) vals[j] = acc[r * kWgradWarps + j];
+      reduce_taps(vals, r * kWgradWarps, KK, part, c, C, shared, dw_part, db_part);
+    }
+  }
+}
+
+// Any odd K (1, 9, ..., 15): the same blocks and reduction, kWgradWarps taps per pass over the part's rows.
+template <typename T, typename A>
+__global__ void __launch_bounds__(kThreads, 1)
+    dwconv_wgrad_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x, const int32_t* __restrict__ row_pos,
+                                const int32_t* __restrict__ inv_map, int64_t B, int64_t N, int64_t H, int64_t W,
+                                int64_t K, int64_t C, int64_t parts, A* __restrict__ dw_part,
+                                A* __restrict__ db_part) {
+  __shared__ A shared[kWgradWarps][kWgradWarps][kWarpSize];
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int64_t part = blockIdx.x, KK = K * K;
+  int64_t lo, hi;
+  index::split_range(0, N, part, parts, &lo, &hi);
+  const int64_t channel_blocks = (C + kWarpSize - 1) / kWarpSize;
+  for (int64_t cb = blockIdx.y; cb < channel_blocks; cb += gridDim.y) {
+    const int64_t c = cb * kWarpSize + lane;
+    for (int64_t t0 = 0; t0 <= KK; t0 += kWgradWarps) {  // taps t0 .. t0 + kWgradWarps - 1 (KK: the bias)
+      A acc[kWgradWarps];
+#pragma unroll
+      for (int j = 0; j < kWgradWarps; ++j) acc[j] = A(0);
+      if (c < C) {
+        for (int64_t p = lo + warp; p < hi; p += kWgradWarps) {
+          const index::Site s = index::decode(row_pos[p], B, H, W);
+          const A g = static_cast<A>(dy[p * C + c]);
+#pragma unroll
+          for (int j = 0; j < kWgradWarps; ++j) {
+            const int64_t t = t0 + j;
+            if (t < KK) {
+              const int32_t q = index::neighbour_row(inv_map, s, H, W, N, index::tap_dh(t, K), index::tap_dw(t, K));
+              if (q >= 0) acc[j] += g * static_cast<A>(x[int64_t(q) * C + c]);
+            } else if (t == KK) {
+              acc[j] += g;
+            }
+          }
+        }
+      }
+      reduce_taps(acc, t0, KK, part, c, C, shared, dw_part, db_part);
+    }
   }
 }
 
@@ -212,7 +279,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cuda(con
                                  dx.data_ptr<scalar_t>(), stream);
     }
     if (!need_params) return;
-    const dim3 grid(static_cast<unsigned int>(parts), static_cast<unsigned int>((C + kThreads - 1) / kThreads));
+    // (part, channel block of kWarpSize); channel blocks past the grid-y limit are walked by the kernels' loop
+    const int64_t channel_blocks = (C + kWarpSize - 1) / kWarpSize;
+    const dim3 grid(static_cast<unsigned int>(parts), static_cast<unsigned int>(std::min<int64_t>(channel_blocks,
+                                                                                                  65535)));
     const scalar_t* gp = grad_out.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const int32_t* rp = row_pos.data_ptr<int32_t>();
