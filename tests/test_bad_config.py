@@ -68,7 +68,8 @@ def test_bad_options_are_refused_before_anything_runs(name):
 def test_the_cli_prints_the_error_without_a_traceback(capsys):
     with pytest.raises(SystemExit) as e:
         trainer.main(["--preset", "demo", "--batch-size", "0"])
-    assert str(e.value) == "[train] error: --batch-size must be a positive int, got 0"
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "[train] error: --batch-size must be a positive int, got 0"
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,8 @@ def stem(tmp_path_factory):
 
 def _cfg(stem, out, **kw):
     base = dict(data=stem, out=str(out), batch_size=4, steps=3, lr=1e-3, warmup_steps=1, log_every=1, ckpt_every=2,
-                png_every=0, progress=False, seed=3, init="standard", crop=16, decoder_dim=16, workers=0)
+                png_every=0, progress=False, seed=3, init="standard", crop=16, decoder_dim=16, workers=0,
+                health_every=0)
     return TrainConfig(**(base | kw))
 
 
@@ -91,7 +93,7 @@ def test_a_batch_larger_than_the_split_is_an_error_not_a_hang(stem, tmp_path):
 def test_an_empty_train_split_is_an_error(stem, tmp_path):
     d = tmp_path / "d"
     empty = write_dataset(str(d), tiles=6, size=64, seed=2, quiet=True, splits=(0.0, 0.5, 0.5))
-    with pytest.raises(ConfigError, match="train split has 0 samples"):
+    with pytest.raises(DataError, match=r"split 'train' is empty .*pretraining \(--data\) needs rows in it"):
         trainer.pretrain(_cfg(empty, tmp_path / "o"))
 
 
@@ -162,14 +164,13 @@ def test_kill_and_resume_leaves_no_temp_and_logs_no_step_twice(stem, tmp_path):
     out = tmp_path / "k"
     trainer.pretrain(_cfg(stem, out, steps=6, stop_after=4, ckpt_every=2))
     # a kill -9 during the next checkpoint write, after two more metrics records were written
-    (out / ".last.pt.k1ll3d.tmp").write_bytes(b"half a checkpoint")
+    (out / ".last.pt.k1ll3d.mmearth-tmp").write_bytes(b"half a checkpoint")  # its writer's lock died with it
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": 5, "loss": 1.0}) + "\n" + '{"step": 6, "lo')
     trainer.pretrain(_cfg(stem, out, steps=6, resume="auto", ckpt_every=2))
     steps = [json.loads(line)["step"] for line in open(out / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4, 5, 6]
-    assert sorted(os.listdir(out)) == ["last.pt", "metrics.jsonl", "tb"] or \
-        sorted(os.listdir(out)) == ["last.pt", "metrics.jsonl"]
+    assert sorted(set(os.listdir(out)) - {"tb"}) == ["last.pt", "metrics.jsonl", "summary.json"]
 
 
 def test_a_full_disk_names_the_path_and_keeps_last_pt(stem, tmp_path, monkeypatch):

@@ -3,9 +3,8 @@ are files or cannot be written, negative seeds, missing, damaged or foreign data
 refused before any training step with one message naming the option, and no traceback; an internal error keeps
 its traceback.
 
-Each case is checked twice: the message (which passes with the trainer as it is), and the shell's view, exit
-status 2 and exactly one line on stderr, which needs train/loop.py's main (and, for argparse's own errors,
-train/config.py's parser) to report that way: those are marked xfail until the lead integrates them."""
+Each case is checked twice: the message, and the shell's view: exit status 2 and exactly one line on stderr (argparse's
+own errors included: the trainer's parser reports them in one line, without the usage block)."""
 
 import json
 import os
@@ -20,16 +19,6 @@ import mmearth_kernels.models.mpmae as mpmae
 from train.data.synthetic import write_dataset
 
 from _torchgeo_files import write_torchgeo_style
-
-LOOP = pytest.mark.xfail(strict=True, reason="needs train/loop.py (lead integrates): main prints '[train] error: "
-                                             "...' on stderr and exits 2")
-PARSER = pytest.mark.xfail(strict=True, reason="needs train/config.py build_parser (lead integrates): "
-                                               "train.data.cli.ArgumentParser, one line and exit 2 without the usage")
-EMPTY = pytest.mark.xfail(strict=True, reason="needs train/run.py (lead integrates): "
-                                              "ds.require_rows('pretraining (--data)') after building the dataset")
-POLICY = pytest.mark.xfail(strict=True, reason="needs train/run.py (lead integrates): "
-                                               "MMEarthDataset(..., label_policy=cfg.label_policy)")
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -57,36 +46,35 @@ def data(tmp_path_factory):
     return {"stem": stem, "root": str(root), "torchgeo": write_torchgeo_style(root / "tg", "MMEarth64")}
 
 
-# option -> (argv with @stem / @root / @torchgeo, what the message must say, what it waits for: "parser" (argparse's
-# own error: one line needs the parser), EMPTY or POLICY (the message itself needs the lead's change))
+# option -> (argv with @stem / @root / @torchgeo, what the message must say)
 CASES = {
-    "batch-size 7.5": ("--batch-size 7.5", r"argument --batch-size: invalid int value: '7.5'", ["parser"]),
-    "steps abc": ("--steps abc", r"argument --steps: invalid int value: 'abc'", ["parser"]),
-    "mask-ratio 0.99": ("--mask-ratio 0.99", r"--mask-ratio: mask_ratio 0.99 keeps no patch of the 2x2 grid", []),
-    "mask-ratio 1": ("--mask-ratio 1", r"--mask-ratio: .*keeps no patch", []),
+    "batch-size 7.5": ("--batch-size 7.5", r"argument --batch-size: invalid int value: '7.5'"),
+    "steps abc": ("--steps abc", r"argument --steps: invalid int value: 'abc'"),
+    "mask-ratio 0.99": ("--mask-ratio 0.99", r"--mask-ratio: mask_ratio 0.99 keeps no patch of the 2x2 grid"),
+    "mask-ratio 1": ("--mask-ratio 1", r"--mask-ratio: .*keeps no patch"),
     "mask-ratio 0.8 at crop 16": ("--mask-ratio 0.8", r"--mask-ratio: mask_ratio 0.8 keeps no patch .*--crop 16 / "
-                                                      r"--patch-size 8", []),
+                                                      r"--patch-size 8"),
     "mask-ratio 0 with s2 only": ("--mask-ratio 0 --tasks s2", r"--mask-ratio: .*masks no patch .*objective is "
-                                                               r"empty.*--tasks s2", []),
-    "mask-ratio 0 with pixel tasks": ("--mask-ratio 0 --tasks pixel", r"--mask-ratio: .*objective is empty", []),
-    "seed -1": ("--seed -1", r"--seed must be an int in \[0, 2\*\*63\), got -1", []),
-    "seed 2**63": (f"--seed {2**63}", r"--seed must be an int in \[0, 2\*\*63\)", []),
-    "label-policy lenient": ("--label-policy lenient", r"--label-policy must be soft or strict, got 'lenient'", []),
-    "tasks ','": ("--tasks ,", r"--tasks: no task given", []),
-    "out a file": ("--out @root/a_file", r"--out .*a_file is a file; it must be a folder", []),
-    "out under a file": ("--out @root/a_file/run", r"--out .*: .*a_file is a file, so the folder cannot be made", []),
-    "data-dir a file (demo data)": ("--data= --data-dir @root/a_file", r"--data-dir .*a_file is a file", []),
-    "data missing": ("--data @root/nothing", r"nothing.h5: HDF5 file is missing", []),
-    "data random bytes": ("--data @root/random/x", r"x.h5: cannot open as HDF5", []),
-    "data truncated": ("--data @root/truncated/x", r"x.h5: cannot open as HDF5", []),
-    "data splits not JSON": ("--data @root/bad_splits/x", r"x_splits.json: cannot read splits", []),
-    "data empty train split": ("--data @root/empty/x", r"split 'train' is empty", [EMPTY]),
-    "crop larger than the tiles": ("--crop 80", r"crop must be an int in \(0, 64\] for its 64 px tiles, got 80", []),
-    "resume missing": ("--resume @root/nope.pt", r"--resume: no checkpoint at .*nope.pt", []),
-    "resume random bytes": ("--resume @root/random.pt", r"random.pt is not a readable PyTorch checkpoint", []),
+                                                               r"empty.*--tasks s2"),
+    "mask-ratio 0 with pixel tasks": ("--mask-ratio 0 --tasks pixel", r"--mask-ratio: .*objective is empty"),
+    "seed -1": ("--seed -1", r"--seed must be an int in \[0, 2\*\*63\), got -1"),
+    "seed 2**63": (f"--seed {2**63}", r"--seed must be an int in \[0, 2\*\*63\)"),
+    "label-policy lenient": ("--label-policy lenient", r"--label-policy must be soft or strict, got 'lenient'"),
+    "tasks ','": ("--tasks ,", r"--tasks: no task given"),
+    "out a file": ("--out @root/a_file", r"--out .*a_file is a file; it must be a folder"),
+    "out under a file": ("--out @root/a_file/run", r"--out .*: .*a_file is a file, so the folder cannot be made"),
+    "data-dir a file (demo data)": ("--data= --data-dir @root/a_file", r"--data-dir .*a_file is a file"),
+    "data missing": ("--data @root/nothing", r"nothing.h5: HDF5 file is missing"),
+    "data random bytes": ("--data @root/random/x", r"x.h5: cannot open as HDF5"),
+    "data truncated": ("--data @root/truncated/x", r"x.h5: cannot open as HDF5"),
+    "data splits not JSON": ("--data @root/bad_splits/x", r"x_splits.json: cannot read splits"),
+    "data empty train split": ("--data @root/empty/x", r"split 'train' is empty"),
+    "crop larger than the tiles": ("--crop 80", r"crop must be an int in \(0, 64\] for its 64 px tiles, got 80"),
+    "resume missing": ("--resume @root/nope.pt", r"--resume: no checkpoint at .*nope.pt"),
+    "resume random bytes": ("--resume @root/random.pt", r"random.pt is not a readable PyTorch checkpoint"),
     "label-policy strict on multi-hot rows": ("--data @torchgeo --crop 56 --label-policy strict",
                                               r"row \d+: a one-hot row with \d+ non-zero entries.*--label-policy "
-                                              r"strict", [POLICY]),
+                                              r"strict"),
 }
 
 
@@ -114,21 +102,10 @@ def _run_cli(argv, monkeypatch, capsys):
     return code, err, message
 
 
-def _params(exit_status: bool):
-    """The cases with the marks of what each check waits for."""
-    out = []
-    for name, (_, _, needs) in sorted(CASES.items()):
-        marks = [m for m in needs if m in (EMPTY, POLICY)]
-        if exit_status:
-            marks.append(PARSER if "parser" in needs else LOOP)
-        out.append(pytest.param(name, marks=marks, id=name))
-    return out
-
-
 @pytest.mark.filterwarnings("ignore:.*rows that mark several classes:UserWarning")
-@pytest.mark.parametrize("name", _params(False))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_the_message_names_the_option_without_a_traceback(data, tmp_path, monkeypatch, capsys, name):
-    spec, match, _ = CASES[name]
+    spec, match = CASES[name]
     code, err, message = _run_cli(_argv(data, tmp_path, spec), monkeypatch, capsys)
     assert code not in (0, None), "refused"
     assert "Traceback" not in message
@@ -137,9 +114,9 @@ def test_the_message_names_the_option_without_a_traceback(data, tmp_path, monkey
 
 
 @pytest.mark.filterwarnings("ignore:.*rows that mark several classes:UserWarning")
-@pytest.mark.parametrize("name", _params(True))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_exit_status_2_and_one_line(data, tmp_path, monkeypatch, capsys, name):
-    spec, match, _ = CASES[name]
+    spec, match = CASES[name]
     code, err, message = _run_cli(_argv(data, tmp_path, spec), monkeypatch, capsys)
     assert code == 2 and len(err) == 1 and re.search(match, err[0]), (code, err)
 

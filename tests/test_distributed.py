@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.data.synthetic import write_dataset
-from train.loop import load_checkpoint, pretrain
+from train.loop import pretrain
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow

@@ -9,13 +9,15 @@ import os
 import pytest
 import torch
 
-import train.step as step_mod
 import train.loop as trainer
+import train.run as run_mod
+import train.step as step_mod
 from mmearth_kernels.masking import num_kept
 from mmearth_kernels.host_sync import SyncRecorder, host_only, sync_point
 from mmearth_kernels.models import MPMAE
 from mmearth_kernels.testing import training_batch
 from train.batches import epoch_batches
+from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.data.synthetic import write_dataset
 from train.step import CaptureError, GraphedTrainStep, TrainStep, make_optimizer
@@ -107,9 +109,11 @@ def stem(tmp_path_factory):
 
 
 def _cfg(stem, out, **kw):
+    # device="cpu" unless a test says otherwise: "auto" would mean CUDA + bf16 on a GPU machine, and these tests
+    # state CPU properties (bit-identical resumes, fp32 gradients)
     base = dict(data=stem, out=str(out), batch_size=4, accum=2, steps=6, lr=1e-3, warmup_steps=1, log_every=3,
                 ckpt_every=3, png_every=0, progress=False, seed=3, init="standard", crop=16, decoder_dim=32,
-                workers=0)
+                workers=0, device="cpu", health_samples=4)
     return TrainConfig(**(base | kw))
 
 
@@ -152,7 +156,7 @@ class _RecordingStep(TrainStep):
 
 
 def test_each_step_is_exactly_accum_micro_batches_across_epochs(stem, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer, "TrainStep", _RecordingStep)
+    monkeypatch.setattr(run_mod, "TrainStep", _RecordingStep)
     _RecordingStep.log = []
     trainer.pretrain(_cfg(stem, tmp_path, steps=6))  # 12 micro-batches: 2 epochs and 2 of the third
     steps = _RecordingStep.log
@@ -166,7 +170,7 @@ def test_each_step_is_exactly_accum_micro_batches_across_epochs(stem, tmp_path, 
 def test_resume_mid_epoch_with_accumulation_reproduces_the_run(stem, tmp_path):
     full = trainer.pretrain(_cfg(stem, tmp_path / "a", steps=6))["losses"]
     first = trainer.pretrain(_cfg(stem, tmp_path / "b", steps=6, stop_after=4))["losses"]  # stops at epoch 1, batch 3
-    ck = trainer.load_checkpoint(str(tmp_path / "b" / "last.pt"))
+    ck = load_checkpoint(str(tmp_path / "b" / "last.pt"))
     assert (ck["step"], ck["epoch"], ck["position"]) == (4, 1, 3)
     rest = trainer.pretrain(_cfg(stem, tmp_path / "b", steps=6, resume="auto"))["losses"]
     assert first + rest == full  # bit-identical on CPU
@@ -278,7 +282,7 @@ def test_a_sync_in_the_step_gives_a_clear_capture_error(monkeypatch):
 
 def test_trainer_checkpoint_keeps_a_tensor_learning_rate(stem, tmp_path):
     trainer.pretrain(_cfg(stem, tmp_path, steps=3))
-    ck = trainer.load_checkpoint(os.path.join(tmp_path, "last.pt"))
+    ck = load_checkpoint(os.path.join(tmp_path, "last.pt"))
     assert all(isinstance(g["lr"], torch.Tensor) for g in ck["optimizer"]["param_groups"])
 
 

@@ -7,9 +7,10 @@ import os
 import pytest
 import torch
 
+from train.checkpoint import load_checkpoint, save_checkpoint
 from train.config import TrainConfig, parse_config
 from train.data.synthetic import write_dataset
-from train.loop import load_checkpoint, pretrain, save_checkpoint
+from train.loop import pretrain
 
 
 @pytest.fixture(scope="module")

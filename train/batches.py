@@ -117,9 +117,15 @@ class DeviceBatches:
         if self.stream is None:
             return tag, self._finish(batch)
         with torch.cuda.stream(self.stream):
-            moved = {k: (v if v.is_pinned() else v.pin_memory()).to(self.device, non_blocking=True)
-                     for k, v in batch.items()}
-            return tag, self._finish(moved)
+            return tag, self._finish(self._move(batch))
+
+    def _move(self, batch: dict) -> dict:
+        return {k: (v if v.is_pinned() else v.pin_memory()).to(self.device, non_blocking=True)
+                for k, v in batch.items()}
+
+    def to_device(self, batch: dict) -> dict:
+        """One host batch on the device and normalised, on the current stream (set-up work, e.g. a held batch)."""
+        return self._finish(self._move(batch) if self.stream is not None else batch)
 
     def _finish(self, batch: dict) -> dict:
         if self.stats is None:

@@ -83,6 +83,20 @@ class TrainConfig:
     stop_after: int = _f(0, "end this run after N optimiser steps, writing a checkpoint (time-limited jobs: "
                             "--resume auto continues the same schedule)")
     progress: bool = _f(True, "show a progress bar")
+    # profiling (train/telemetry.py, profiling.py, health.py; README "Profile your run")
+    profile_steps: str = _f("", "A:B: record optimiser steps A..B (1-based, as logged) with torch.profiler into "
+                                "<out>/profile/ (trace.json.gz for Perfetto / Holistic Trace Analysis, ops.md: time by "
+                                "category and top ops); the run goes on normally after B")
+    profile_memory: bool = _f(False, "with --profile-steps: also a CUDA memory snapshot (memory_snapshot.pickle, for "
+                                     "pytorch.org/memory_viz; on CPU the profiler's memory events)")
+    peak_tflops: float = _f(0.0, "the peak TFLOP/s MFU is measured against (0: the GPU's datasheet peak for the run's "
+                                 "precision from train/hardware.py, or on CPU a matmul measured at start)")
+    health_every: int = _f(10, "representation health (effective rank and channel std of the encoder's features on a "
+                              "fixed held batch) every N logging points (0 = off)")
+    health_samples: int = _f(32, "images in the held batch of the health check")
+    dry_run: bool = _f(False, "resolve the configuration, build the model, print parameters, FLOPs per step (model "
+                              "and executed), activation memory, data size and steps per epoch, then exit without "
+                              "training or writing anything")
 
 
 PRESETS = {
@@ -101,7 +115,7 @@ PRESETS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = ArgumentParser(
         prog="mmearth-pretrain", description="MMEarth multi-pretext MAE pretraining (ConvNeXt V2, FCMAE).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
@@ -218,7 +232,36 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--mask-ratio: {e} (--crop {cfg.crop} / --patch-size {cfg.patch_size}, --tasks "
                           f"{cfg.tasks})") from None
     _check_paths(cfg)
+    _check_profiling(cfg, need)
     return cfg
+
+
+def parse_steps(spec: str) -> tuple[int, int]:
+    """``"A:B"`` -> (A, B) with 1 <= A <= B; ValueError naming what is wrong otherwise."""
+    first, sep, last = spec.partition(":")
+    try:
+        a, b = int(first), int(last)
+    except ValueError:
+        a = b = None
+    if not sep or a is None or not 1 <= a <= b:
+        raise ValueError(f"must be A:B, two optimiser steps with 1 <= A <= B (e.g. 5:8), got {spec!r}")
+    return a, b
+
+
+def _check_profiling(cfg: TrainConfig, need) -> None:
+    if cfg.profile_steps:
+        try:
+            first, last = parse_steps(cfg.profile_steps)
+        except ValueError as e:
+            raise ConfigError(f"--profile-steps {e}") from None
+        if cfg.steps and last > cfg.steps:
+            raise ConfigError(f"--profile-steps {cfg.profile_steps}: step {last} is after the run's last step "
+                              f"(--steps {cfg.steps})")
+    need(not cfg.profile_memory or bool(cfg.profile_steps), "profile_memory", "used with --profile-steps A:B")
+    need(cfg.peak_tflops == cfg.peak_tflops and 0 <= cfg.peak_tflops < float("inf"), "peak_tflops",
+         "a finite number > 0 (0 = from the table or measured)")
+    need(cfg.health_every >= 0, "health_every", "an int >= 0 (0 = off)")
+    need(cfg.health_samples >= 2, "health_samples", "an int >= 2")
 
 
 def parse_config(argv=None) -> TrainConfig:

@@ -25,6 +25,8 @@ import torch.distributed as dist
 
 from mmearth_kernels.host_sync import SyncRecorder
 
+from .phases import phase
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -129,15 +131,20 @@ class TrainStep:
     def micro(self, mb: dict, last: bool) -> torch.Tensor | None:
         """Forward + backward of one micro-batch; on the ``last`` one also the optimiser step, whose logged
         losses it returns."""
-        with self.autocast:
+        cuda = self.device.type == "cuda"
+        with phase("forward", cuda), self.autocast:
             out = self.net(mb["input"], mb, mb["mask"], self.kept, sync_counts if self.data_parallel else None)
         loss = out["loss"]
         self.seen_sum.add_(torch.cat([loss.detach().float()[None], torch.stack(list(out["losses"].values())).detach()]))
         no_sync = self.data_parallel and not last
-        with self.net.no_sync() if no_sync else contextlib.nullcontext():  # one gradient all-reduce per step
-            (loss / self.accum).backward()
+        with phase("backward", cuda), self.net.no_sync() if no_sync else contextlib.nullcontext():
+            (loss / self.accum).backward()  # one gradient all-reduce per step (DDP)
         if not last:
             return None
+        with phase("optimiser", cuda):
+            return self._optimiser_step()
+
+    def _optimiser_step(self) -> torch.Tensor:
         seen = global_mean(self.seen_sum / self.accum)
         self.seen_sum.zero_()
         finite = torch.isfinite(seen)
@@ -246,9 +253,10 @@ class GraphedTrainStep:
             raise ValueError(f"a step takes exactly accum = {st.accum} micro-batches, got {len(micro_batches)}")
         if not self.captured:
             self._capture(micro_batches[0])
-        for i, mb in enumerate(micro_batches):
-            self._load(mb)
-            (self.g_last if i == st.accum - 1 else self.g_micro).replay()
+        with phase("replay", st.device.type == "cuda"):  # NVTX inside a capture is not replayed: mark the replays
+            for i, mb in enumerate(micro_batches):
+                self._load(mb)
+                (self.g_last if i == st.accum - 1 else self.g_micro).replay()
         return self.g_last.output.clone()  # the next replay overwrites the static output
 
     def _load(self, mb: dict) -> None:

@@ -15,8 +15,12 @@ import torch
 
 from mmearth_kernels.masking import num_kept
 from mmearth_kernels.models import MPMAE
+from mmearth_kernels.models.flops import step_flops
+from mmearth_kernels.models.registry import BACKEND_SPECS
 from mmearth_kernels.testing import training_batch
+from train.hardware import resolve_peak
 from train.step import GraphedTrainStep, TrainStep, make_optimizer
+from train.telemetry import peak_rss_mib, reset_peak_rss
 
 from .cases import GEOMETRIES, Case, parse_backend
 from .counting import count_ops, profile_launches
@@ -50,26 +54,6 @@ def build(case: Case, device: str):
 
 
 # -- memory -------------------------------------------------------------------------------------
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:  # Linux: writing 5 resets VmHWM (the peak resident set) to the current resident set
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def memory_of(r: dict) -> float | None:
     return r.get("peak_mem_mib", r.get("peak_rss_mib"))
 
@@ -92,7 +76,21 @@ def _page_in(case: Case, device: str) -> None:
 
 
 # -- one case -----------------------------------------------------------------------------------
+_PEAKS: dict = {}
+
+
+def peak_for(device: str, precision: str):
+    """The MFU denominator (``train.hardware``), measured once per process and precision on CPU."""
+    key = (device, precision)
+    if key not in _PEAKS:
+        _PEAKS[key] = resolve_peak(device, precision)
+    return _PEAKS[key]
+
+
 def run_case(case: Case, device: str, warmup: int, repeats: int, page_in: bool = False, count: bool = True) -> dict:
+    """Time one case. GPU peak memory covers the timed steps only (reset after the warm-up: its eager steps, graph
+    capture, compilation and Triton's autotuning buffer are not the step's); CPU peak RSS is the case's above what
+    the process held before it. The warm-up's time is reported apart (``warmup_s``: compile and autotune in it)."""
     b = parse_backend(case.backend)
     if b.graphed:  # the warm-up must include the eager steps and the capture
         warmup = max(warmup, GRAPH_WARMUP + 1)
@@ -100,10 +98,8 @@ def run_case(case: Case, device: str, warmup: int, repeats: int, page_in: bool =
         _page_in(case, device)
     if device == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    rss_reset = _reset_peak_rss()
-    rss0 = _status_kib("VmRSS")
+    rss_reset = reset_peak_rss()  # CPU: the case's resident set above what the process held before it
+    rss0 = peak_rss_mib()
     t0 = time.perf_counter()
     model, step = build(case, device)
     seen = None
@@ -111,6 +107,9 @@ def run_case(case: Case, device: str, warmup: int, repeats: int, page_in: bool =
         seen = step()
     _sync(device)
     warm_s = time.perf_counter() - t0
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -118,17 +117,24 @@ def run_case(case: Case, device: str, warmup: int, repeats: int, page_in: bool =
         _sync(device)
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
+    kept = num_kept(model.grid ** 2, case.mask_ratio)
+    flops = step_flops(model, case.batch, kept)
+    executed = step_flops(model, case.batch, kept, all_sites=BACKEND_SPECS[b.kind].all_sites)
+    peak = peak_for(device, case.precision)
+    tflops = flops.total / med / 1e12
     out = {**asdict(case), "device": device, "ms_step": 1e3 * med, "ms_min": 1e3 * min(times),
            "ms_max": 1e3 * max(times), "img_s": case.batch / med, "repeats": repeats, "warmup": warmup,
            "warmup_s": warm_s, "loss": float(seen[0]) if seen is not None else None,
-           "kept_fraction": num_kept(model.grid ** 2, case.mask_ratio) / model.grid ** 2,
-           "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
-    if device == "cuda":
+           "kept_fraction": kept / model.grid ** 2, "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+           "gflop_step": flops.total / 1e9, "tflops": tflops, "tflops_executed": executed.total / med / 1e12,
+           "mfu_pct": 100 * tflops / peak.tflops if peak.tflops else None, "peak_tflops": peak.tflops,
+           "peak_source": peak.source}
+    if device == "cuda":  # the timed steps' peak above what was allocated when they began
         out["peak_mem_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     elif page_in:  # in a shared process the allocator's cached memory makes the RSS meaningless
-        hwm = _status_kib("VmHWM")
+        hwm = peak_rss_mib()
         if rss_reset and hwm is not None and rss0 is not None:
-            out["peak_rss_mib"] = (hwm - rss0) / 1024
+            out["peak_rss_mib"] = hwm - rss0
     if count:  # after the timing and the memory: what one more step dispatches / launches
         try:
             out.update(profile_launches(step) if device == "cuda" else count_ops(step))
