@@ -12,7 +12,9 @@ works on CPU tensors too (where nothing really blocks), so tests prove a step sy
     assert not rec.syncs, rec.report()
 
 What it cannot see: work inside a custom op's own implementation (the op is recorded as one call; ours
-read no tensor values on the host), and C++ code that reads device memory itself.
+read no tensor values on the host), and C++ code that reads device memory itself. What it ignores on purpose:
+``torch.cuda.synchronize`` called by Triton's autotuner (``triton.testing.do_bench`` times each config of a new
+shape once, synchronising between runs): a one-off of the first call per shape, not a sync of the step.
 
 Code that syncs on purpose says so: :func:`sync_point` (logging, checkpoints: nothing inside is
 recorded) and :func:`host_only` (work on host tensors, e.g. data loading: only operations that touch a
@@ -51,6 +53,20 @@ _PY_CALLS = (("torch.cuda.synchronize", torch.cuda, "synchronize"),
 
 _HERE = os.path.abspath(__file__)
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+
+
+def _triton_dir() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return os.path.dirname(os.path.abspath(triton.__file__)) + os.sep
+
+
+def _called_by_triton() -> bool:
+    """Whether the current call comes from inside the triton package (its autotuner benchmarking a config)."""
+    root = _triton_dir()
+    return root is not None and any(os.path.abspath(f.filename).startswith(root) for f in traceback.extract_stack())
 _state = {"sync_point": 0, "host_only": 0}
 
 
@@ -171,7 +187,7 @@ class SyncRecorder(TorchDispatchMode):
 
             def wrapper(*a, _orig=original, _label=label, **k):
                 tensors = [x for x in a if isinstance(x, torch.Tensor)]
-                if self._flag(tensors):
+                if self._flag(tensors) and not (_label == "torch.cuda.synchronize" and _called_by_triton()):
                     self._record(_label, "waits for the device" if "synchronize" in _label
                                  else "copies a tensor to a Python object on the host")
                 return _orig(*a, **k)

@@ -5,6 +5,8 @@ graphed step's buffer logic on CPU (replay emulated) and, on a GPU, real CUDA-gr
 
 import copy
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from train.batches import epoch_batches
 from train.checkpoint import load_checkpoint
 from train.config import TrainConfig
 from train.data.synthetic import write_dataset
-from train.step import CaptureError, GraphedTrainStep, TrainStep, make_optimizer
+from train.step import GraphedTrainStep, TrainStep, make_optimizer
 
 HAS_CUDA = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here: real CUDA-graph capture needs one "
@@ -58,7 +60,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, needs_gpu])]
 def test_a_step_never_waits_for_the_device(backend, device):
     model = _model(backend, device)
     st = _stepper(model, accum=2, clip_grad=1.0)
-    mbs = _micro_batches(model, 6, device=device)
+    mbs = _micro_batches(model, 8, device=device)
+    st(mbs[6:])  # one step first: Triton's autotuner synchronises once per new shape (not the step's own syncs)
     with SyncRecorder() as rec:
         for s in range(3):
             st(mbs[2 * s: 2 * s + 2])
@@ -99,6 +102,22 @@ def test_the_recorder_knows_the_usual_culprits():
     assert len(whys) == 5, rec.report()
     assert "reads a tensor value" in whys[0] and "boolean-mask" in whys[1] and "nonzero" in whys[2]
     assert "Python object" in whys[3] and "repeat_interleave" in whys[4]
+
+
+def test_the_recorder_ignores_tritons_autotuning_syncs_only():
+    """Triton's autotuner synchronises while it times the configs of a new shape (once per shape, in
+    ``triton.testing.do_bench``); the recorder leaves those out, and still records the same call from anywhere else."""
+    triton = pytest.importorskip("triton", reason="triton is not installed: nothing of it to ignore")
+    inside = os.path.join(os.path.dirname(triton.__file__), "testing_probe.py")  # a frame "in the triton package"
+    from_triton = compile("torch.cuda.synchronize()", inside, "exec")
+    with SyncRecorder() as rec:
+        for code in (from_triton, compile("torch.cuda.synchronize()", __file__, "exec")):
+            try:
+                exec(code, {"torch": torch})
+            except (RuntimeError, AssertionError):  # no CUDA here: the call fails after the recorder saw it
+                pass
+    assert [s.op for s in rec.syncs] == ["torch.cuda.synchronize"] and "test_step.py" in rec.syncs[0].where, \
+        rec.report()
 
 
 @pytest.fixture(scope="module")
@@ -264,20 +283,13 @@ def test_cuda_graphs_replay_the_eager_step(backend, accum):
 
 @needs_gpu
 @pytest.mark.cuda
-def test_a_sync_in_the_step_gives_a_clear_capture_error(monkeypatch):
-    model = _model("sparse", "cuda")
-    graphed = GraphedTrainStep(_stepper(model, capturable=True), warmup_steps=1)
-    mbs = _micro_batches(model, 2, device="cuda")
-    graphed(mbs[:1])
-    real = MPMAE.forward
-    def forward_with_item(self, *a, **k):
-        out = real(self, *a, **k)
-        out["loss"].item()
-        return out
-
-    monkeypatch.setattr(MPMAE, "forward", forward_with_item)
-    with pytest.raises(CaptureError, match=r"(?s)capture of the training step failed.*_local_scalar_dense"):
-        graphed(mbs[1:])
+def test_a_sync_in_the_step_gives_a_clear_capture_error():
+    """In its own process: a failed capture can leave the CUDA context unusable for later captures (under torch
+    2.11 the allocator keeps routing to the dead capture's pool), which would fail the next graph test for nothing."""
+    proc = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "_planted_sync_capture.py")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "capture of the training step failed" in proc.stdout and "_local_scalar_dense" in proc.stdout
 
 
 def test_trainer_checkpoint_keeps_a_tensor_learning_rate(stem, tmp_path):
