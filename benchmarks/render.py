@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import glob
-import inspect
 import json
 import math
 import os
@@ -34,67 +33,37 @@ BLOCK = re.compile(r"<!-- (?P<name>[\w-]+):begin(?: (?P<arg>[^ ]+))? -->\n(?P<bo
 OPENING = re.compile(r"<!-- ([\w-]+):begin")
 
 
-# -- what the docs say about the backends, until the backend registry holds it -------------------------------------
-# (what it runs, when to use it). The lead moves these into BackendSpec (models/_registry.py) and rewires
-# backend_rows(); tests/test_render.py checks that the keys are exactly models.backends.BACKENDS meanwhile.
-BACKEND_TEXT = {
-    "dense": ("the exact masked emulation in plain PyTorch: full maps, the mask re-applied after every spatial op, "
-              "GRN statistics over the visible sites", "a reference with no compiled kernels; same function and "
-              "weights as `sparse`"),
-    "sparse": ("the packed layout of the visible sites end to end, with this library's ops (`impl=\"auto\"`)",
-               "the default: pretraining"),
-    "sparse-fused": ("`sparse` with the fused ops `gelu_grn` and `sparse_dwconv2d_ln`, and the patch-tiled depthwise "
-                     "conv where Triton runs", "opt-in: fewer passes over the 4C-wide tensor "
-                     "([bytes model](docs/bytes-model.md)); the default once a GPU shows it faster"),
-    "minkowski": ("the upstream MinkowskiEngine layers on the same weights (optional: "
-                  "`scripts/build_minkowski.sh`)", "parity checks against the released engine; not a fast path"),
-    "dense-plain": ("a plain ConvNeXt V2 with only the input masked (upstream's `--sparse False`); **not** "
-                    "equivalent: masked sites fill up after the first conv", "a baseline only: the cheapest dense "
-                    "step a user could pick instead"),
-}
-
-
+# -- what the registries declare ---------------------------------------------------------------------------------
 def backend_rows() -> list[tuple[str, str, str]]:
     """(backend, what it runs, when to use it) for every encoder backend, in registry order."""
-    from mmearth_kernels.models.backends import BACKENDS
+    from mmearth_kernels.models.registry import BACKEND_SPECS
 
-    if set(BACKENDS) != set(BACKEND_TEXT):
-        raise SystemExit(f"render: BACKEND_TEXT names {sorted(BACKEND_TEXT)} but the encoder has {sorted(BACKENDS)}")
-    return [(name, *BACKEND_TEXT[name]) for name in BACKENDS]
+    return [(s.name, s.runs, s.use) for s in BACKEND_SPECS.values()]
 
 
 def impl_matrix() -> tuple[list[tuple[str, dict[str, list[str]]]], dict[str, tuple[str, ...]]]:
-    """([(op, {device type: impl labels})], auto order per device type): what this *build* has, GPU or not.
-
-    Read from ``mmearth_kernels.ops.available_impls`` (ops: the public functions that take ``impl=``); Triton is
-    listed for CUDA wherever triton is installed (``available_impls`` asks whether a GPU is visible, which would make
-    the docs depend on the machine rendering them). An impl whose device has no kernel of the op's own (the
-    dispatcher's answer) runs another op's kernel plus torch ops: "(unfused)". The lead rewires this one function to
-    the op registry once it exists."""
-    from mmearth_kernels import _extension, ops
+    """([(op, {device type: impl labels})], auto order per device type): what this *build* has, GPU or not, from the
+    op table. An impl whose kernel is another op's plus torch ops (a composite) is marked "(unfused)". Triton is
+    listed for CUDA wherever triton is installed: whether a GPU is visible must not change the docs."""
+    from mmearth_kernels.ops.registry import AUTO_ORDER, OPS
     from mmearth_kernels.triton_kernels import HAS_TRITON
 
-    try:  # the op table (ops/registry.py), once it lands; before it, the impl switch held the order
-        from mmearth_kernels.ops.registry import AUTO_ORDER
-    except ImportError:
-        from mmearth_kernels.ops._impl import AUTO_ORDER
-
-    names = [n for n in ops.__all__ if callable(getattr(ops, n)) and
-             "impl" in inspect.signature(getattr(ops, n)).parameters]
     rows = []
-    for op in names:
+    for spec in OPS.values():
         cells = {}
         for dev in AUTO_ORDER:
             labels = []
-            for impl in ops.available_impls(op, dev):
-                if impl == "triton":
-                    continue
-                own = impl == "ref" or _extension.has_kernel(op, dev.upper())
-                labels.append(f"`{impl}`" + ("" if own else " (unfused)"))
-            if dev == "cuda" and HAS_TRITON:
-                labels.append("`triton`")
+            for impl in spec.impls:
+                if impl.kind == "triton":
+                    runs_here = dev == "cuda" and HAS_TRITON
+                elif impl.kind == "ref":
+                    runs_here = impl.tiling == "rows"  # the reference is one, whatever the tiling
+                else:
+                    runs_here = impl.kind == dev and spec.why_unavailable(impl.kind, dev) is None
+                if runs_here:
+                    labels.append(f"`{impl.label}`" + ("" if impl.fused or impl.kind == "ref" else " (unfused)"))
             cells[dev] = labels
-        rows.append((op, cells))
+        rows.append((spec.name, cells))
     return rows, dict(AUTO_ORDER)
 
 

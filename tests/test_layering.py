@@ -159,13 +159,7 @@ def _files(*patterns):
 
 # Files another change is still moving to the registry, with what replaces the names (each run warns which still
 # need their entry and which no longer do).
-PENDING = {
-    "train/run.py": "`cfg.backend.startswith(\"dense\")`: BACKEND_SPECS[cfg.backend].all_sites",
-    "benchmarks/e2e/run.py": "`b.kind.startswith(\"dense\")`: BACKEND_SPECS[b.kind].all_sites",
-    "benchmarks/gpu_check.py": "E2E_GRID's backend lists: from benchmarks.e2e.cases (quick_grid, available_backends) "
-                               "or the registry's default_backend() / baseline_backends()",
-    "benchmarks/render.py": "BACKEND_TEXT: BackendSpec.runs / .use (models/registry.py) hold the same text",
-}
+PENDING: dict[str, str] = {}  # files allowed to name backends for now, with what replaces them
 
 
 def test_backend_names_only_in_the_registry():
