@@ -7,6 +7,8 @@ imported, so it is read once, here.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import os
 
@@ -39,6 +41,30 @@ def why_not(device: torch.device | str) -> str:
     return f"Triton cannot run on {dev}"
 
 
+MAX_REGISTERS = 255  # per thread: the hardware's limit
+
+
+def config(num_warps: int, **blocks):
+    """An autotune config with an explicit register budget of the hardware's 255 per thread. Without one, ptxas
+    spills a few bytes in some of our kernels to fit one more block per SM (benchmarks/kernel_resources found 4 to
+    24 byte spills at 64 to 128 registers); the spill traffic costs more than that block brings."""
+    import triton
+
+    return triton.Config(blocks, num_warps=num_warps, maxnreg=MAX_REGISTERS)
+
+
+def fp64_configs(first_arg: str, configs: list) -> dict:
+    """``prune_configs_by`` for an autotuned kernel whose fp64 launches need fewer values per thread: fp64 values take
+    two registers each, and the fp32 tiles spill there (benchmarks/kernel_resources). Launches whose ``first_arg``
+    tensor is fp64 autotune over ``configs`` instead of the kernel's own list."""
+    configs = autotune_configs(configs)
+
+    def prune(own, named_args, **kwargs):
+        return configs if named_args[first_arg].dtype == torch.float64 else own
+
+    return {"early_config_prune": prune}
+
+
 def autotune_configs(configs: list) -> list:
     """Under the interpreter keep only the first config: more than one crashes there (no GPU to
     benchmark on). The first config is the largest block, so no masking bug hides behind it."""
@@ -50,3 +76,22 @@ def acc_dtype(dtype: torch.dtype):
     import triton.language as tl
 
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def device_of(t: torch.Tensor):
+    """The device guard of ``t``'s device: ``torch.cuda.device`` for a CUDA tensor, nothing for a CPU one (the
+    interpreter)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def on_input_device(launcher):
+    """Run a host launcher under the device guard of its first argument (a tensor). A Triton launch goes to the
+    *current* CUDA device and its current stream, which need not be the tensor's: a tensor on cuda:1 while cuda:0
+    is current would be read by a kernel on the wrong GPU. ``device_of`` is looked up per call (tests replace it)."""
+
+    @functools.wraps(launcher)
+    def guarded(first, *args, **kwargs):
+        with device_of(first):
+            return launcher(first, *args, **kwargs)
+
+    return guarded

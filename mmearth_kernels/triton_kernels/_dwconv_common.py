@@ -37,7 +37,7 @@ def with_config(autotuned, config):
     under it with that config's block sizes and warps."""
     if config is None:
         return autotuned, {}
-    return autotuned.fn, {**config.kwargs, "num_warps": config.num_warps}
+    return autotuned.fn, {**config.kwargs, "num_warps": config.num_warps, "maxnreg": config.maxnreg}
 
 
 def ln_outputs(x: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor):

@@ -1,7 +1,7 @@
 """Triton kernels for GRN on packed rows grouped by sample.
 
 The rows of each group (a sample, or the whole batch with batch statistics) are cut into S parts
-by the same rule as the C++ kernels; a program owns (part, group, channel block).
+by the same rule as the C++ kernels; a program owns (group x part, channel block).
 
 * ``_sums_kernel``: column sums over a part: ``x^2`` (forward) or ``g*x`` and ``g`` (backward).
 * ``_apply_kernel``: ``out = a * s[group] + (b * t[group] if HAS_B else t)`` (forward: a = x,
@@ -27,13 +27,19 @@ import triton
 import triton.language as tl
 
 from .._constants import GRN_ROWS_PER_PART, parts_per_group
-from . import acc_dtype, autotune_configs
+from . import acc_dtype, autotune_configs, config, fp64_configs, on_input_device
 
 
 _CONFIGS = autotune_configs([
-    triton.Config({"BLOCK_R": 32, "BLOCK_C": 128}, num_warps=4),
-    triton.Config({"BLOCK_R": 16, "BLOCK_C": 256}, num_warps=4),
-    triton.Config({"BLOCK_R": 64, "BLOCK_C": 64}, num_warps=4),
+    config(4, BLOCK_R=32, BLOCK_C=128),
+    config(4, BLOCK_R=16, BLOCK_C=256),
+    config(4, BLOCK_R=64, BLOCK_C=64),
+])
+# fp64 (tests): half the values per thread; GELU's backward in fp64 spills with the tiles above
+_FP64 = fp64_configs("a_ptr", [
+    config(8, BLOCK_R=16, BLOCK_C=128),
+    config(4, BLOCK_R=8, BLOCK_C=128),
+    config(4, BLOCK_R=16, BLOCK_C=64),
 ])
 
 
@@ -61,14 +67,15 @@ def _part_rows(offsets_ptr, g, s, S, N, BATCH: tl.constexpr):
     return begin + (n * s) // S, begin + (n * (s + 1)) // S
 
 
-@triton.autotune(configs=_CONFIGS, key=["C", "BATCH", "HAS_B", "GELU"])
+@triton.autotune(configs=_CONFIGS, key=["C", "BATCH", "HAS_B", "GELU"], prune_configs_by=_FP64)
 @triton.jit
 def _sums_kernel(a_ptr, b_ptr, offsets_ptr, s_ab_ptr, s_a_ptr, N, C, S,
                  BATCH: tl.constexpr, HAS_B: tl.constexpr, GELU: tl.constexpr, ACC: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    s = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
-    cols = tl.program_id(2).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    task = tl.program_id(0).to(tl.int64)  # g * S + s (see launch_grid)
+    g = task // S
+    s = task - g * S
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     lo, hi = _part_rows(offsets_ptr, g, s, S, N, BATCH)
     acc_ab = tl.zeros((BLOCK_C,), dtype=ACC)
@@ -88,20 +95,20 @@ def _sums_kernel(a_ptr, b_ptr, offsets_ptr, s_ab_ptr, s_a_ptr, N, C, S,
             if GELU:
                 av = _gelu(av)
             acc_ab += tl.sum(av * av, axis=0)
-    task = g * S + s
     tl.store(s_ab_ptr + task * C + cols, acc_ab, mask=cmask)
     if HAS_B:
         tl.store(s_a_ptr + task * C + cols, acc_a, mask=cmask)
 
 
-@triton.autotune(configs=_CONFIGS, key=["C", "BATCH", "HAS_B", "GELU"])
+@triton.autotune(configs=_CONFIGS, key=["C", "BATCH", "HAS_B", "GELU"], prune_configs_by=_FP64)
 @triton.jit
 def _apply_kernel(a_ptr, b_ptr, s_ptr, t_ptr, offsets_ptr, out_ptr, N, C, S,
                   BATCH: tl.constexpr, HAS_B: tl.constexpr, GELU: tl.constexpr, ACC: tl.constexpr,
                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    s = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1).to(tl.int64)
-    cols = tl.program_id(2).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    task = tl.program_id(0).to(tl.int64)  # g * S + s (see launch_grid)
+    g = task // S
+    s = task - g * S
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < C
     lo, hi = _part_rows(offsets_ptr, g, s, S, N, BATCH)
     sv = tl.load(s_ptr + g * C + cols, mask=cmask, other=0.0).to(ACC)
@@ -127,6 +134,7 @@ def _apply_kernel(a_ptr, b_ptr, s_ptr, t_ptr, offsets_ptr, out_ptr, N, C, S,
         tl.store(out_ptr + off, v.to(out_ptr.dtype.element_ty), mask=m)
 
 
+MAX_GRID_X = 2**31 - 1  # CUDA's grid-x limit (y and z: 65,535)
 _STATS_BLOCK = 512  # channels per step of the statistics kernels (C up to 3072 at tiny's last stage)
 
 
@@ -146,6 +154,7 @@ def _fwd_stats_kernel(part_ptr, gamma_ptr, gnorm_ptr, scale_ptr, S, C, eps, ACC:
         tl.store(gnorm_ptr + g * C + cols, gn, mask=cmask)
         total += gn
     denom = tl.sum(total, axis=0) / tl.maximum(C, 1) + eps
+    tl.debug_barrier()  # gnorm was stored by other threads of this program: make it visible before reading it back
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         cmask = cols < C
@@ -178,6 +187,7 @@ def _bwd_stats_kernel(s1p_ptr, s0p_ptr, gamma_ptr, gnorm_ptr, scale_ptr, coef_pt
         sum_ag += ga * s1 * gn
     denom = tl.sum(sum_g, axis=0) / tl.maximum(C, 1) + eps
     ag = tl.sum(sum_ag, axis=0)
+    tl.debug_barrier()  # dg (s1 for now) was stored by other threads of this program: visible before reading it back
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + tl.arange(0, BLOCK_C)
         cmask = cols < C
@@ -202,10 +212,19 @@ def _geometry(x, offsets, batch_stats):
     return N, C, G, parts_per_group(N, G, GRN_ROWS_PER_PART)
 
 
+def launch_grid(S: int, G: int, C: int, block_c: int) -> tuple[int, int]:
+    """(groups x parts, channel blocks): the G * S (group, part) tasks on grid x, whose limit is 2^31 - 1, not on
+    y or z (65,535: a batch of 65,536 samples would not launch); the channel blocks, at most a few dozen, on y."""
+    if G * S > MAX_GRID_X:
+        raise ValueError(f"grn: {G} groups x {S} parts = {G * S} programs exceed the GPU grid limit ({MAX_GRID_X})")
+    return G * S, triton.cdiv(C, block_c)
+
+
 def _grid(S, G, C):
-    return lambda meta: (S, G, triton.cdiv(C, meta["BLOCK_C"]))
+    return lambda meta: launch_grid(S, G, C, meta["BLOCK_C"])
 
 
+@on_input_device
 def forward(x, gamma, beta, offsets, eps: float, batch_stats: bool, gelu: bool = False):
     """``(y, gnorm)`` of GRN(x), or of GRN(GELU(x)) with ``gelu``."""
     assert x.is_contiguous(), "x must be contiguous"
@@ -227,6 +246,7 @@ def forward(x, gamma, beta, offsets, eps: float, batch_stats: bool, gelu: bool =
     return y, gnorm
 
 
+@on_input_device
 def backward(grad_out, x, gamma, gnorm, offsets, eps: float, batch_stats: bool, output_mask=(True, True, True),
              gelu: bool = False):
     """``(dx, dgamma, dbeta)``; those whose ``output_mask`` entry is False are not computed (empty tensors).

@@ -18,29 +18,32 @@ import triton
 import triton.language as tl
 
 from .._constants import dwconv_parts
-from . import acc_dtype, autotune_configs
+from . import acc_dtype, autotune_configs, config, fp64_configs, on_input_device
 from ._dwconv_common import ln_outputs, reduce_parts, start_backward, taps_major, with_config
 from ._layernorm import merge_stats, normalise_rows
 
-# Short lists on purpose: every config is a compile of a 49-tap unrolled kernel, and the GPU check
-# must fit in 8 minutes. Widen them when tuning (benchmarks/gpu_check.sh shows what wins).
+# Short lists on purpose: every config is one more compile per specialisation on a cold cache, and the GPU check
+# must fit its window. Widen them when tuning (benchmarks/gpu_check.sh shows what wins); every config must pass
+# `python -m benchmarks.kernel_resources --check` (no spill, a bounded compile).
 _FWD_CONFIGS = autotune_configs([
-    triton.Config({"BLOCK_R": 32, "BLOCK_C": 64}, num_warps=4),
-    triton.Config({"BLOCK_R": 16, "BLOCK_C": 128}, num_warps=4),
-    triton.Config({"BLOCK_R": 64, "BLOCK_C": 32}, num_warps=4),
+    config(4, BLOCK_R=32, BLOCK_C=64),
+    config(4, BLOCK_R=16, BLOCK_C=128),
+    config(4, BLOCK_R=64, BLOCK_C=32),
 ])
 # The fused conv + LayerNorm: a program walks all C channels of its rows, so fewer rows per program. All of them
 # are tested under the interpreter (forward_ln's `config`), not only the one autotune keeps there.
 LN_CONFIGS = [
-    triton.Config({"BLOCK_R": 32, "BLOCK_C": 64}, num_warps=4),
-    triton.Config({"BLOCK_R": 16, "BLOCK_C": 128}, num_warps=4),
-    triton.Config({"BLOCK_R": 16, "BLOCK_C": 64}, num_warps=2),
+    config(8, BLOCK_R=32, BLOCK_C=64),
+    config(8, BLOCK_R=16, BLOCK_C=128),
+    config(2, BLOCK_R=16, BLOCK_C=32),
 ]
 _LN_CONFIGS = autotune_configs(LN_CONFIGS)
 _WGRAD_CONFIGS = autotune_configs([
-    triton.Config({"BLOCK_R": 32, "BLOCK_C": 64}, num_warps=4),
-    triton.Config({"BLOCK_R": 64, "BLOCK_C": 32}, num_warps=4),
+    config(4, BLOCK_R=32, BLOCK_C=64),
+    config(4, BLOCK_R=64, BLOCK_C=32),
 ])
+# fp64 (tests): the same tiles over twice the threads (at 4 warps fp64 spills on sm_80: benchmarks/kernel_resources)
+_WGRAD_FP64 = fp64_configs("dy_ptr", [config(8, BLOCK_R=32, BLOCK_C=64), config(8, BLOCK_R=64, BLOCK_C=32)])
 
 
 @triton.jit
@@ -63,7 +66,9 @@ def _conv_block(x_ptr, w_ptr, b_ptr, inv_map_ptr, pvalid, b, h, w, cols, cmask, 
     """``bias[c] + sum_t w[t, c] * x[q_t(p), c]`` for a block of rows and channels, over the active neighbours
     q_t(p); an inv_map entry outside [0, N) reads as inactive, so nothing is read out of bounds."""
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=ACC)
-    for t in tl.static_range(K * K):
+    # a loop over the taps, not tl.static_range: unrolled, all 49 taps' loads were live at once and ptxas spilled
+    # up to 11 KB per thread (and took a minute per config); benchmarks/kernel_resources checks every config
+    for t in range(K * K):
         hh = h + (t // K - K // 2)
         ww = w + (t % K - K // 2)
         inside = pvalid & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
@@ -114,7 +119,8 @@ def _gather_ln_kernel(x_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, row_pos_ptr, inv_ma
     normalise_rows(y1_ptr, y_ptr, lnw_ptr, lnb_ptr, mean_ptr, rstd_ptr, rows, rmask, mean, m2, C, eps, BLOCK_C)
 
 
-@triton.autotune(configs=_WGRAD_CONFIGS, key=["C", "K", "H"], reset_to_zero=["dw_part_ptr", "db_part_ptr"])
+@triton.autotune(configs=_WGRAD_CONFIGS, key=["C", "K", "H"], reset_to_zero=["dw_part_ptr", "db_part_ptr"],
+                 prune_configs_by=_WGRAD_FP64)
 @triton.jit
 def _wgrad_kernel(dy_ptr, x_ptr, row_pos_ptr, inv_map_ptr, dw_part_ptr, db_part_ptr, N, C, H, W, SITES, PARTS,
                   K: tl.constexpr, ACC: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -139,7 +145,7 @@ def _wgrad_kernel(dy_ptr, x_ptr, row_pos_ptr, inv_map_ptr, dw_part_ptr, db_part_
         dy = tl.load(dy_ptr + rows[:, None] * C + cols[None, :], mask=rmask[:, None] & cmask[None, :],
                      other=0.0).to(ACC)
         db += tl.sum(dy, axis=0)
-        for t in tl.static_range(K * K):
+        for t in range(K * K):  # a loop, not unrolled: see _conv_block
             hh = h + (t // K - K // 2)
             ww = w + (t % K - K // 2)
             inside = pvalid & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
@@ -157,6 +163,7 @@ def _check(x, weight, row_pos, inv_map):
     assert x.shape[0] == row_pos.shape[0], "x rows must match the layout"
 
 
+@on_input_device
 def forward(x, weight, bias, row_pos, inv_map) -> torch.Tensor:
     _check(x, weight, row_pos, inv_map)
     N, C = x.shape
@@ -176,6 +183,7 @@ def forward(x, weight, bias, row_pos, inv_map) -> torch.Tensor:
     return y
 
 
+@on_input_device
 def forward_ln(x, weight, bias, ln_weight, ln_bias, row_pos, inv_map, eps: float, config=None):
     """``(y, y1, mean, rstd)``: the conv y1 and its LayerNorm y in one kernel (see ``_layernorm.py``). ``config``:
     one of ``LN_CONFIGS`` instead of the autotuned one (tests)."""
@@ -197,6 +205,7 @@ def forward_ln(x, weight, bias, ln_weight, ln_bias, row_pos, inv_map, eps: float
     return y, y1, mean, rstd
 
 
+@on_input_device
 def backward(grad_out, x, weight, row_pos, inv_map, output_mask=(True, True, True)):
     """``(dx, dweight, dbias)``; those whose ``output_mask`` entry is False are not computed (empty tensors)."""
     _check(x, weight, row_pos, inv_map)

@@ -25,24 +25,28 @@ import torch
 import triton
 import triton.language as tl
 
-from . import acc_dtype, autotune_configs
+from . import acc_dtype, autotune_configs, config, fp64_configs, on_input_device
 from ._dwconv_common import ln_outputs, reduce_parts, start_backward, taps_major, with_config
 from ._layernorm import merge_stats, normalise_rows
 
 _FWD_CONFIGS = autotune_configs([
-    triton.Config({"BLOCK_C": 64}, num_warps=4),
-    triton.Config({"BLOCK_C": 32}, num_warps=2),
-    triton.Config({"BLOCK_C": 128}, num_warps=4),
+    config(4, BLOCK_C=64),
+    config(2, BLOCK_C=32),
+    config(8, BLOCK_C=128),
 ])
 LN_CONFIGS = [  # the fused conv + LayerNorm walks all C channels per program; all tested (forward_ln's `config`)
-    triton.Config({"BLOCK_C": 64}, num_warps=4),
-    triton.Config({"BLOCK_C": 32}, num_warps=4),
+    config(8, BLOCK_C=64),
+    config(4, BLOCK_C=32),
 ]
 _LN_CONFIGS = autotune_configs(LN_CONFIGS)
 _WGRAD_CONFIGS = autotune_configs([
-    triton.Config({"BLOCK_C": 32}, num_warps=4),
-    triton.Config({"BLOCK_C": 64}, num_warps=4),
+    config(4, BLOCK_C=32),
+    config(8, BLOCK_C=64),  # on 4 warps the [256, 64] dy tile and a tap's x tile spilled (issue 26)
 ])
+# fp64 (tests): fewer values per thread (the tiles above spill in fp64: benchmarks/kernel_resources)
+_FWD_FP64 = fp64_configs("x_ptr", [config(8, BLOCK_C=64), config(2, BLOCK_C=32)])
+_LN_FP64 = fp64_configs("x_ptr", [config(8, BLOCK_C=32)])
+_WGRAD_FP64 = fp64_configs("dy_ptr", [config(8, BLOCK_C=32)])
 ROWS_FWD = 64     # rows per forward program: TP = ROWS_FWD // b^2 patches (1 at b = 8, 64 at b = 1)
 ROWS_WGRAD = 256  # rows per weight-gradient program (fewer partial slots to write and sum)
 
@@ -74,7 +78,7 @@ def _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, NP, GH, GW, P: tl.constex
 
 
 @triton.jit
-def _neighbour(row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, N, GH, GW, dy: tl.constexpr, dx: tl.constexpr,
+def _neighbour(row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, N, GH, GW, dy, dx,
                P: tl.constexpr, BS: tl.constexpr):
     """Row of the neighbour (i + dy, j + dx) of each tile row, and whether it is active (padding and masked
     patches read -1; a corrupt table entry outside [0, N) reads as inactive)."""
@@ -98,7 +102,9 @@ def _tiled_conv_block(x_ptr, w_ptr, b_ptr, row0_ptr, stride_ptr, valid, b, php, 
                       ACC: tl.constexpr, BLOCK_C: tl.constexpr):
     """``bias[c] + sum_t w[t, c] * x[q_t(p), c]`` for the tile's rows and a block of channels."""
     acc = tl.zeros((RP, BLOCK_C), dtype=ACC)
-    for t in tl.static_range(K * K):
+    # a loop over the taps, not tl.static_range: unrolled, the taps' loads were live together and spilled; the
+    # weight gradient's compile with 1-px patches did not finish in minutes (benchmarks/kernel_resources)
+    for t in range(K * K):
         q, ok = _neighbour(row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, N, GH, GW, t // K - K // 2,
                            t % K - K // 2, P, BS)
         xv = tl.load(x_ptr + q[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0)
@@ -108,7 +114,7 @@ def _tiled_conv_block(x_ptr, w_ptr, b_ptr, row0_ptr, stride_ptr, valid, b, php, 
     return acc
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["C", "K", "BS", "HAS_BIAS"])
+@triton.autotune(configs=_FWD_CONFIGS, key=["C", "K", "BS", "HAS_BIAS"], prune_configs_by=_FWD_FP64)
 @triton.jit
 def _tiled_gather_kernel(x_ptr, w_ptr, b_ptr, row0_ptr, stride_ptr, patches_ptr, y_ptr, N, C, NP, GH, GW,
                          K: tl.constexpr, BS: tl.constexpr, P: tl.constexpr, TP: tl.constexpr, RP: tl.constexpr,
@@ -125,7 +131,7 @@ def _tiled_gather_kernel(x_ptr, w_ptr, b_ptr, row0_ptr, stride_ptr, patches_ptr,
              mask=valid[:, None] & cmask[None, :])
 
 
-@triton.autotune(configs=_LN_CONFIGS, key=["C", "K", "BS", "HAS_BIAS"])
+@triton.autotune(configs=_LN_CONFIGS, key=["C", "K", "BS", "HAS_BIAS"], prune_configs_by=_LN_FP64)
 @triton.jit
 def _tiled_gather_ln_kernel(x_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, row0_ptr, stride_ptr, patches_ptr, y1_ptr, y_ptr,
                             mean_ptr, rstd_ptr, N, C, NP, GH, GW, eps, K: tl.constexpr, BS: tl.constexpr,
@@ -148,7 +154,7 @@ def _tiled_gather_ln_kernel(x_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, row0_ptr, str
     normalise_rows(y1_ptr, y_ptr, lnw_ptr, lnb_ptr, mean_ptr, rstd_ptr, rows, valid, mean, m2, C, eps, BLOCK_C)
 
 
-@triton.autotune(configs=_WGRAD_CONFIGS, key=["C", "K", "BS"])
+@triton.autotune(configs=_WGRAD_CONFIGS, key=["C", "K", "BS"], prune_configs_by=_WGRAD_FP64)
 @triton.jit
 def _tiled_wgrad_kernel(dy_ptr, x_ptr, row0_ptr, stride_ptr, patches_ptr, dw_part_ptr, db_part_ptr, N, C, NP,
                         GH, GW, K: tl.constexpr, BS: tl.constexpr, P: tl.constexpr, TP: tl.constexpr,
@@ -162,7 +168,7 @@ def _tiled_wgrad_kernel(dy_ptr, x_ptr, row0_ptr, stride_ptr, patches_ptr, dw_par
     dy = tl.load(dy_ptr + rows[:, None] * C + cols[None, :], mask=valid[:, None] & cmask[None, :],
                  other=0.0).to(ACC)
     tl.store(db_part_ptr + pid * C + cols, tl.sum(dy, axis=0), mask=cmask)
-    for t in tl.static_range(K * K):
+    for t in range(K * K):  # a loop, not unrolled: see _tiled_conv_block
         q, ok = _neighbour(row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, N, GH, GW, t // K - K // 2,
                            t % K - K // 2, P, BS)
         xv = tl.load(x_ptr + q[:, None] * C + cols[None, :], mask=ok[:, None] & cmask[None, :], other=0.0).to(ACC)
@@ -191,6 +197,7 @@ def _tables(row0, stride, patches, pad):
     return row0.contiguous(), stride.contiguous(), patches.contiguous(), pad
 
 
+@on_input_device
 def forward(x, weight, bias, row0, stride, patches, pad: int, block: int) -> torch.Tensor:
     assert x.is_contiguous() and weight.is_contiguous(), "x and weight must be contiguous"
     N, C = x.shape
@@ -204,6 +211,7 @@ def forward(x, weight, bias, row0, stride, patches, pad: int, block: int) -> tor
     return y
 
 
+@on_input_device
 def forward_ln(x, weight, bias, ln_weight, ln_bias, row0, stride, patches, pad: int, block: int, eps: float,
                config=None):
     """``(y, y1, mean, rstd)``: the conv y1 and its LayerNorm y in one kernel (see ``_layernorm.py``). ``config``:
@@ -228,6 +236,7 @@ def forward_ln(x, weight, bias, ln_weight, ln_bias, row0, stride, patches, pad: 
     return y, y1, mean, rstd
 
 
+@on_input_device
 def backward(grad_out, x, weight, row0, stride, patches, pad: int, block: int, output_mask=(True, True, True)):
     """``(dx, dweight, dbias)``; those whose ``output_mask`` entry is False are not computed (empty tensors)."""
     need_dx, need_dw, need_db = output_mask
