@@ -218,9 +218,7 @@ def new_record(benchmark: str, device: str, command: str, results: list[dict], n
 
 def write_record(path: str, record: dict) -> None:
     """Write ``record`` (from ``new_record``) after checking it reads back as one."""
+    from mmearth_kernels.files import write_atomically
+
     _from_generic(path, record)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: f.write((json.dumps(record, indent=1) + "\n").encode()))

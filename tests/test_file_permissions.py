@@ -17,7 +17,7 @@ import torch
 from train.checkpoint import save_checkpoint, trim_metrics
 from train.config import TrainConfig
 from train.data.cache import build_cache
-from train.data.files import (LOCK_NAME, TEMP_SUFFIX, TempDir, atomic_file, current_umask, remove_stale_temps_in,
+from mmearth_kernels.files import (LOCK_NAME, TEMP_SUFFIX, TempDir, atomic_file, current_umask, remove_stale_temps_in,
                               write_atomically)
 from train.data.synthetic import write_dataset
 
@@ -71,6 +71,19 @@ def test_write_atomically_and_atomic_file_and_tempdir(tmp_path, umask):
     _expect(_modes_under(tmp_path), umask)
 
 
+def test_weight_exports_records_and_run_summaries(tmp_path, umask):
+    from benchmarks.records import new_record, write_record
+    from mmearth_kernels.interop import save_file
+    from train.summary import write_summary
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "enc.safetensors"))
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "enc.pth"))
+    write_record(str(tmp_path / "rec.json"), new_record("x", "CPU: test", "python -m x", [{"a": 1}]))
+    write_summary(str(tmp_path / "summary.json"), {"steps": 1})
+    assert sorted(os.listdir(tmp_path)) == ["enc.pth", "enc.safetensors", "rec.json", "summary.json"]
+    _expect(_modes_under(tmp_path), umask)
+
+
 def test_a_synthetic_data_set_and_its_cache(tmp_path, umask):
     stem = write_dataset(str(tmp_path / "data"), tiles=6, size=16, seed=1, quiet=True)
     build_cache(stem, stem + "_cache")
@@ -101,7 +114,7 @@ def test_checkpoints_metrics_and_pictures(tmp_path, umask):
 # -- temporaries that outlive their writer -------------------------------------------------------------
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from train.data.files import TempDir, atomic_file
+    from mmearth_kernels.files import TempDir, atomic_file
     kind, target = sys.argv[1], sys.argv[2]
     if kind == "file":
         with atomic_file(target) as tmp:
@@ -142,7 +155,8 @@ def test_the_first_write_into_a_folder_sweeps_it(tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert os.path.exists(tmp)
-    code = "from train.data.files import write_atomically as w; import sys; w(sys.argv[1], lambda f: f.write(b'1'))"
+    code = ("from mmearth_kernels.files import write_atomically as w; import sys; "
+            "w(sys.argv[1], lambda f: f.write(b'1'))")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.json")], check=True, cwd=REPO,
                    env={**os.environ, "PYTHONPATH": REPO})
     assert sorted(os.listdir(tmp_path)) == ["x.json"]
@@ -177,7 +191,7 @@ def test_a_dir_holding_a_symlinked_lock_is_not_ours(tmp_path):
 
 _LOOP = textwrap.dedent("""
     import os, sys
-    from train.data.files import write_atomically
+    from mmearth_kernels.files import write_atomically
     target, i = sys.argv[1], 0
     print("started", flush=True)
     while True:

@@ -2,7 +2,7 @@
 tiny, writing a checkpoint, a metrics record and a reconstruction picture every step) and the synthetic data
 writer are killed several times after random delays and restarted (the trainer with ``--resume auto``); after
 the last, uninterrupted run, the run folder, its pictures and the data folder hold no temporary, and what the
-kills left was removed by the next start (train.data.files: a temporary whose writer died is provably ours)."""
+kills left was removed by the next start (mmearth_kernels.files: a temporary whose writer died is provably ours)."""
 
 import os
 import random
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from train.data.files import TEMP_SUFFIX
+from mmearth_kernels.files import TEMP_SUFFIX
 from train.data.synthetic import write_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,7 +5,6 @@ report, --dry-run, and clear errors for bad profiling options. Speed itself is a
 
 import gzip
 import json
-import os
 import re
 
 import pytest

@@ -329,7 +329,7 @@ def _check_args(ap, args) -> None:
 def main(argv=None) -> None:
     from .data import DataError
     from .data.cli import ArgumentParser
-    from .data.files import WriteError, write_atomically
+    from .files import WriteError, write_atomically
 
     ap = ArgumentParser(prog="mmearth-probe", description=__doc__.split("\n\n")[0],
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

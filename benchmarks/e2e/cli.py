@@ -11,6 +11,7 @@ import sys
 from dataclasses import asdict
 
 from mmearth_kernels.models.registry import BACKEND_SPECS, default_backend, reference_backend
+from mmearth_kernels.files import write_atomically
 from mmearth_kernels.tasks import TASK_SETS
 
 from .cases import GEOMETRIES, PRECISIONS, Case, available_backends, default_device, parse_backend, quick_grid, \
@@ -314,8 +315,7 @@ def _nan_to_none(o):
 
 
 def _write_json(path: str, doc: dict) -> None:
-    """Atomic; non-finite floats become null (strict JSON readers reject a bare NaN)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(_nan_to_none(doc), f, indent=1, default=str)
-    os.replace(tmp, path)
+    """Atomic (mmearth_kernels.files: a kill leaves no temporary behind); non-finite floats become null (strict JSON
+    readers reject a bare NaN)."""
+    text = json.dumps(_nan_to_none(doc), indent=1, default=str)
+    write_atomically(path, lambda f: f.write(text.encode()))

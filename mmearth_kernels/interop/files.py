@@ -13,10 +13,11 @@ import argparse
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 
 import torch
+
+from ..files import atomic_file
 
 # Globals a released checkpoint may pickle besides tensors and plain containers, and why each is safe.
 ALLOWED_GLOBALS = {
@@ -70,20 +71,14 @@ def state_dict_of(checkpoint, what: str = "checkpoint") -> dict[str, torch.Tenso
 
 def save_file(state: dict[str, torch.Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
     """Write a state dict as ``.safetensors`` (by the name) or with ``torch.save``; never over an existing
-    file, and complete or not at all (a temporary file beside it, renamed when written)."""
+    file, and complete or not at all (a temporary beside it, renamed when written, with the umask's permissions:
+    :func:`mmearth_kernels.files.atomic_file`)."""
     if os.path.exists(path):
         raise FileExistsError(f"{path} exists; not overwriting it")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         if path.endswith(".safetensors"):
             from safetensors.torch import save_file as save_safetensors
 
             save_safetensors({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
         else:
             torch.save({"model": state, "meta": metadata or {}}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

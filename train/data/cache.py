@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .cli import ArgumentParser
-from .files import TempDir, WriteError
+from mmearth_kernels.files import TempDir, WriteError
 from .cache_format import FORMAT, MANIFEST, MARKER, _source_id, is_cache_dir, open_cache  # noqa: F401
 from .modalities import ALL_TASKS, MODALITIES, DataError
 from .reader import MMEarthDataset

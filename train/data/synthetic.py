@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .cli import ArgumentParser
-from .files import WriteError, atomic_file, remove_stale_temps, write_atomically
+from mmearth_kernels.files import WriteError, atomic_file, remove_stale_temps, write_atomically
 from .modalities import BIOMES, ECOREGIONS, ESA_CODES, METADATA_DTYPE, MODALITIES, S2_QUALITY
 
 INCOMPLETE = ".synthetic-incomplete"  # marker beside an unfinished directory
@@ -245,7 +245,7 @@ def write_dataset(out_dir: str, tiles: int = 2000, size: int = 64, seed: int = 0
     t0 = time.time()
     tile_info, stats_sample = {}, None
     with atomic_file(targets[0]) as tmp_h5:  # renamed last: a complete .h5 means a complete directory
-        with h5py.File(tmp_h5, "w", locking=False) as f:  # the temporary's lock is ours (train.data.files)
+        with h5py.File(tmp_h5, "w", locking=False) as f:  # the temporary's lock is ours (mmearth_kernels.files)
             dsets = {}
             for name, m in {**MODALITIES, **S2_QUALITY}.items():
                 shape = (tiles, m.channels, size, size) if m.level == "pixel" else (tiles, m.channels)

@@ -20,8 +20,9 @@ Everything the project writes (data, caches, checkpoints, metrics, pictures, rec
 * :class:`WriteError`: what a failed write raises, naming the path and the reason (a full disk, no
   permission), saying that the previous file is kept.
 
-This module sits in ``train.data`` (the lowest layer of ``train``) so that the data tools and the trainer
-(``train.files`` re-exports it) share one implementation.
+It sits at the bottom of the package so that everything that writes shares one implementation: the weight
+exports (``interop.files.save_file``), the data tools (``train.data``) and the trainer (``train.files`` re-exports
+it).
 """
 
 from __future__ import annotations
@@ -140,7 +141,14 @@ def atomic_file(path: str) -> Iterator[str]:
     fd, tmp = _new_temp_file(path)
     try:
         yield tmp
-        os.fsync(fd)
+        # the library may have replaced the file rather than written into it (safetensors does, with mode 0600):
+        # the file now at the path gets the umask's mode and is flushed
+        os.chmod(tmp, default_mode())
+        written = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(written)
+        finally:
+            os.close(written)
         os.replace(tmp, path)
     except BaseException as e:
         _remove(tmp)
