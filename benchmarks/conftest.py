@@ -9,6 +9,7 @@ Environment: ``MMEARTH_BENCH_BATCH`` (default 64) shrinks the batch for quick lo
 
 import os
 import platform
+import shlex
 import subprocess
 
 import pytest
@@ -25,13 +26,14 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 DTYPES = {"cpu": [torch.float32], "cuda": [torch.bfloat16, torch.float32]}
 
 
-def kernel_cases(impls, width: int = 1, modes=("fwd", "bwd", "fwdbwd")):
+def kernel_cases(impls, width: int = 1, modes=("fwd", "bwd", "fwdbwd"), devices=None):
     """The kernel benchmarks' grid: (device, dtype, impl, model, res, C, mode) over every atto and tiny stage, with
-    C = width x the stage's channels (4 for the MLP's hidden tensor); ``impls(device)`` lists the impls there."""
+    C = width x the stage's channels (4 for the MLP's hidden tensor); ``impls(device)`` lists the impls there.
+    ``devices``: this machine's by default (the GPU check's plan asks for "cuda" on a CPU box)."""
     shapes = [(model, r, width * c) for model, stages in (("atto", atto_stage_shapes()), ("tiny", tiny_stage_shapes()))
               for r, c in stages]
-    return [(dev, dt, impl, model, res, C, mode) for dev in DEVICES for dt in DTYPES[dev] for impl in impls(dev)
-            for model, res, C in shapes for mode in modes]
+    return [(dev, dt, impl, model, res, C, mode) for dev in (devices or DEVICES) for dt in DTYPES[dev]
+            for impl in impls(dev) for model, res, C in shapes for mode in modes]
 
 
 def case_id(case) -> str:
@@ -57,6 +59,12 @@ CONTEXT = {
     "batch": BATCH,
     "mask_ratio": MASK_RATIO,
 }
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """The command that made the file, as a record says it (benchmarks/records.py): pytest-benchmark keeps none."""
+    env = " ".join(f"{k}={os.environ[k]}" for k in ("MMEARTH_BENCH_BATCH", "MMEARTH_BENCH_ROUNDS") if k in os.environ)
+    output_json["record"] = {"command": f"{env} python -m pytest {shlex.join(config.invocation_params.args)}".strip()}
 
 
 def sync(device):

@@ -8,11 +8,15 @@ bytes read and written (the ceiling a memory-bound kernel is judged against).
 
 import argparse
 import json
+import os
 import platform
 import subprocess
+import sys
 from datetime import date
 
 import torch
+
+from mmearth_kernels.files import write_atomically
 
 
 def copy_bandwidth_gbs(nbytes=1 << 30, repeats=20):
@@ -41,8 +45,14 @@ def main():
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        sha = "unknown"
     info = {"date": date.today().isoformat(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "triton": triton_version, "python": platform.python_version(), "gpu": None}
+            "triton": triton_version, "python": platform.python_version(), "gpu": None, "commit": sha,
+            "command": "python benchmarks/gpu_env.py " + " ".join(sys.argv[1:])}
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info.update(gpu=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count,
@@ -55,8 +65,7 @@ def main():
     text = json.dumps(info, indent=2)
     print(text)
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+        write_atomically(args.out, lambda f: f.write((text + "\n").encode()))
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ of the sparse problem / time; with --copy-gbs also % of a measured copy bandwidt
 
 import argparse
 import json
+import sys
 from collections import defaultdict
 
 from mmearth_kernels.models.registry import default_backend, reference_backend
 from mmearth_kernels.ops.registry import OPS
+from train.data.cli import ArgumentParser
 
 # from the op table: each op's baseline row, and the impls that are our own kernels (the others are baselines)
 BASELINE = {name: spec.bench.reference_baseline for name, spec in OPS.items()}
@@ -29,7 +31,8 @@ def load(paths):
             with open(path) as f:
                 data = json.load(f)
         except (OSError, json.JSONDecodeError) as e:
-            raise SystemExit(f"report: cannot read pytest-benchmark JSON {path}: {e}")
+            print(f"report: error: cannot read pytest-benchmark JSON {path}: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
         for b in data.get("benchmarks", []):
             if not b.get("stats"):  # --benchmark-disable runs record no timings
                 continue
@@ -82,7 +85,7 @@ def table(rows, op, copy_gbs=None):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("json", nargs="+", help="pytest-benchmark output files (--benchmark-json)")
     ap.add_argument("--copy-gbs", type=float, default=None, help="measured copy bandwidth, for the %% column")
     ap.add_argument("--env", default=None, help="env.json from gpu_env.py, printed as the header")
