@@ -147,8 +147,15 @@ def main(argv=None) -> int:
         print("error: --workers must be >= 1 and --timeout-s > 0", file=sys.stderr)
         return 2
     # compiled kernels land in a temporary Triton cache: this run must compile, and must not fill the user's cache
-    os.environ["TRITON_CACHE_DIR"] = cache = tempfile.mkdtemp(prefix="kernel_resources_triton_")
+    triton_cache = tempfile.mkdtemp(prefix="kernel_resources_triton_")
+    os.environ["TRITON_CACHE_DIR"] = triton_cache
+    try:
+        return _run(args, archs, dtypes, models, argv)
+    finally:
+        shutil.rmtree(triton_cache, ignore_errors=True)
 
+
+def _run(args, archs, dtypes, models, argv) -> int:
     kernels = discover.kernels()
     launches = scenarios.launches(models, dtypes)
     missing = sorted(set(kernels) - {launch.kernel for launch in launches})
@@ -194,7 +201,9 @@ def main(argv=None) -> int:
     command = "python -m benchmarks.kernel_resources " + " ".join(argv if argv is not None else sys.argv[1:])
     rec = records.new_record("kernel_resources", f"compile-only {', '.join(archs)} (no GPU)", command.strip(), rows,
                              notes="registers, spills and shared memory from ptxas -v; occupancy is an estimate "
-                                   "(benchmarks/kernel_resources/ptxas.py)", versions=versions)
+                                   "(benchmarks/kernel_resources/ptxas.py); compile_s is one process's wall time "
+                                   "when the row was compiled (a cached row keeps it), on a machine shared with "
+                                   "other work", versions=versions)
     rec.update({
         "scope": {"models": models, "dtypes": dtypes, "archs": archs, "batch": scenarios.BATCH,
                   "kernels": sorted(kernels), "cuda_sources": sorted({j.source for j in jobs
@@ -207,7 +216,6 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     records.write_record(out, rec)
     print(f"{len(rows)} rows in {wall:.0f} s -> {out}")
-    shutil.rmtree(cache, ignore_errors=True)
     if args.check:
         bad = record.violations(rec)
         for line in bad:

@@ -13,7 +13,7 @@ LIMITS = {
     "cuda_compile_s": 300.0,     # one .cu file (all its template instantiations), nvcc -cubin, one architecture
     "min_blocks_per_sm": 1,      # 0 means the launch would fail (too many registers or too much shared memory)
 }
-USED_BY_SHOWN = 6  # scenario labels kept per row (rows are flat; the count says how many there were)
+USED_BY_SHOWN = 3  # scenario labels kept per row (rows are flat; the count says how many there were)
 
 
 def with_occupancy(row: dict, arch: str) -> dict:
