@@ -124,11 +124,16 @@ __device__ __forceinline__ void reduce_taps(const A (&vals)[kWgradWarps], int64_
   __syncthreads();  // the next round overwrites `shared`
 }
 
+// Blocks per SM the weight-gradient kernels ask ptxas to fit (__launch_bounds__'s second argument): 2 with fp32
+// sums (at most 128 registers: K = 7 takes ~126, 16 warps per SM), 1 with fp64 ones (K = 7 needs ~190). Without it
+// ptxas spilled 16-28 bytes on sm_80 chasing a third block; with 1 everywhere it took 168 registers for fp32 K = 7,
+// halving the warps per SM (benchmarks/kernel_resources, sm_90a and sm_80).
+template <typename A>
+constexpr int kWgradMinBlocks = sizeof(A) == 8 ? 1 : 2;
+
 // K known at compile time (3, 5, 7): the K*K sums of a thread stay in registers (compile-time indices only).
-// __launch_bounds__(kThreads, 1) here and below: without the 1, ptxas spills a few bytes on sm_80 to fit one more
-// block per SM (benchmarks/kernel_resources found it); spills cost more than that occupancy gains.
 template <typename T, typename A, int K>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kWgradMinBlocks<A>)
     dwconv_wgrad_partial_kernel_k(const T* __restrict__ dy, const T* __restrict__ x,
                                   const int32_t* __restrict__ row_pos, const int32_t* __restrict__ inv_map, int64_t B,
                                   int64_t N, int64_t H, int64_t W, int64_t C, int64_t parts, A* __restrict__ dw_part,
@@ -170,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // Any odd K (1, 9, ..., 15): the same blocks and reduction, kWgradWarps taps per pass over the part's rows.
 template <typename T, typename A>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(kThreads, kWgradMinBlocks<A>)
     dwconv_wgrad_partial_kernel(const T* __restrict__ dy, const T* __restrict__ x, const int32_t* __restrict__ row_pos,
                                 const int32_t* __restrict__ inv_map, int64_t B, int64_t N, int64_t H, int64_t W,
                                 int64_t K, int64_t C, int64_t parts, A* __restrict__ dw_part,
