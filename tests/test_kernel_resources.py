@@ -144,3 +144,26 @@ def test_one_real_compile_for_sm_90a(tmp_path, monkeypatch):
     assert 0 < row["registers"] <= 255 and row["spill_stores"] == row["spill_loads"] == 0
     assert row["threads"] == 32 * job.options["num_warps"] and row["compile_s"] > 0
     assert record.with_occupancy(row, "sm_90a")["blocks_per_sm"] >= 1
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--dtypes", "fp8"], "--dtypes: expected a comma-separated subset of fp32,bf16,fp16,fp64"),
+    (["--models", ""], "--models: expected"),
+    (["--workers", "0"], "--workers must be >= 1"),
+    (["--timeout-s", "-1"], "--timeout-s must be > 0"),
+    (["--arch", "sm_70"], "invalid choice: 'sm_70'"),
+])
+def test_bad_options_exit_2_with_one_line(argv, says, capsys):
+    from benchmarks.kernel_resources.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_out_that_is_a_folder_is_refused(tmp_path, capsys):
+    from benchmarks.kernel_resources.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path)])
+    assert e.value.code == 2 and "is a folder" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import sys
 import tempfile
 
 from benchmarks import records
+from mmearth_kernels.files import write_atomically
 
 from . import compilers, discover, pool, record, scenarios
 
@@ -50,11 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _choices(text: str, allowed, what: str) -> list[str]:
+def _choices(parser, text: str, allowed, what: str) -> list[str]:
     items = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in items if s not in allowed]
-    if bad or not items:
-        raise SystemExit(f"error: --{what}: expected a comma-separated subset of {','.join(allowed)}, got {text!r}")
+    if not items or any(s not in allowed for s in items):
+        parser.error(f"--{what}: expected a comma-separated subset of {','.join(allowed)}, got {text!r}")  # exit 2
     return items
 
 
@@ -124,28 +124,21 @@ def _split_cached(jobs: list, cache: str | None, versions: dict):
 
 def _write_cache_entry(path: str, rows) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(rows, f)
-        f.write("\n")
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_atomically(path, lambda f: f.write((json.dumps(rows) + "\n").encode()))
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     archs = args.arch or ["sm_90a"]
-    dtypes = _choices(args.dtypes, list(scenarios.DTYPES), "dtypes")
-    models = _choices(args.models, list(scenarios.MODELS), "models")
-    if args.workers < 1 or args.timeout_s <= 0:
-        print("error: --workers must be >= 1 and --timeout-s > 0", file=sys.stderr)
-        return 2
+    dtypes = _choices(parser, args.dtypes, list(scenarios.DTYPES), "dtypes")
+    models = _choices(parser, args.models, list(scenarios.MODELS), "models")
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
+    if not args.timeout_s > 0:
+        parser.error(f"--timeout-s must be > 0, got {args.timeout_s}")
+    if args.out and os.path.isdir(args.out):
+        parser.error(f"--out must be a file to write, but {args.out} is a folder")
     # compiled kernels land in a temporary Triton cache: this run must compile, and must not fill the user's cache
     triton_cache = tempfile.mkdtemp(prefix="kernel_resources_triton_")
     os.environ["TRITON_CACHE_DIR"] = triton_cache
