@@ -71,6 +71,11 @@ def cpu_label(name: str | None, cores) -> str:
     return f"CPU: {name}, {cores} cores" if cores else f"CPU: {name}"
 
 
+def device_slug(device: str) -> str:
+    """A device label as a file-name part: "CPU: AMD EPYC, 2 cores" -> "cpu-amd-epyc-2-cores"."""
+    return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+
+
 def _require(path: str, doc: dict, keys, what: str) -> None:
     missing = [k for k in keys if k not in doc]
     if missing:

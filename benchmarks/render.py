@@ -181,9 +181,16 @@ def e2e_section(rec: Record, ctx: Context) -> list[str]:
 
 
 def profile_section(rec: Record, ctx: Context) -> list[str]:
+    from train.profiling import op_table_markdown
+
     out = []
     for p in rec.extra.get("profiles", []):
         c = p["case"]
+        if "step_ms" in p:  # the trainer's op table (train/profiling.py), as the e2e benchmark writes it now
+            title = (f"`{c['backend']}` {c['size']} {c['geometry']} mask {c['mask_ratio']:g} {c['precision']} "
+                     f"b{c['batch']}: {p['wall_ms_per_step']:.1f} ms/step wall under the profiler")
+            out += [title + ".", ""] + op_table_markdown(p).rstrip("\n").split("\n") + [""]
+            continue
         tot = p["profiled_ms_per_step"]
         out += [f"`{c['backend']}` {c['size']} {c['geometry']} mask {c['mask_ratio']:g} {c['precision']} "
                 f"b{c['batch']}: {p['wall_ms_per_step']:.1f} ms/step wall under the profiler, {tot:.1f} ms of op "
@@ -436,6 +443,26 @@ def block_record(ctx: Context, arg: str | None) -> list[str]:
     return head + ([rec.notes, ""] if rec.notes else []) + record_table(rec, ctx)
 
 
+def block_train_run(ctx: Context, arg: str | None) -> list[str]:
+    """A trainer run's record (``benchmarks/record_run.py``): its command, the summary table the trainer printed at the
+    end and, if the run was profiled, the time by category of its profiled steps (``train/profiling.py``; the
+    logging windows and the top ops are in the record, and docs/results.md shows them)."""
+    from train.profiling import op_table_markdown
+    from train.summary import summary_table
+
+    path = f"{RESULTS}/{arg}"
+    rec = next((r for r in ctx.records if r.path == path), None)
+    if rec is None or "summary" not in rec.extra:
+        raise SystemExit(f"render: <!-- train-run:begin {arg} -->: no trainer-run record {path}")
+    out = ["```", f"$ {rec.command}", "...", "[train] run summary (OUT/summary.json):",
+           summary_table(rec.extra["summary"]), "```", "",
+           f"{rec.device}, {rec.day}, git {rec.commit} ([record]({ctx.link(rec.path)})):"]
+    if "profile" in rec.extra:
+        md = op_table_markdown(rec.extra["profile"]).split("\n| top ops")[0].rstrip("\n").split("\n")
+        out += ["", "Its `OUT/profile/ops.md`:", ""] + [line for line in md if not line.startswith("GB/s:")]
+    return out
+
+
 def block_bytes_model(ctx: Context, arg: str | None) -> list[str]:
     """The tables ``python -m benchmarks.bytes_model --batch ARG`` prints (model arithmetic, not a measurement)."""
     import contextlib
@@ -450,7 +477,7 @@ def block_bytes_model(ctx: Context, arg: str | None) -> list[str]:
 
 
 BLOCKS = {"results": block_results, "impls": block_impls, "kernels": block_kernels, "record": block_record,
-          "bytes-model": block_bytes_model}
+          "train-run": block_train_run, "bytes-model": block_bytes_model}
 
 
 def render_blocks(text: str, rel: str, ctx: Context) -> str:

@@ -36,7 +36,7 @@ from train.run import build_model
 from train.step import TrainStep, make_optimizer
 from train.telemetry import Telemetry
 
-from .records import cpu_label, new_record, write_record
+from .records import cpu_label, device_slug, new_record, write_record
 
 LIMIT_PCT = 2.0
 
@@ -127,8 +127,7 @@ def main(argv=None) -> int:
 
         name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_label(cpu_model(), os.cpu_count())
         day = datetime.date.today().isoformat()
-        short = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-        path = os.path.join(args.out, f"telemetry-overhead-{short}-{day}.json")
+        path = os.path.join(args.out, f"telemetry-overhead-{device_slug(name)}-{day}.json")
         cmd = "python -m benchmarks.telemetry_overhead " + " ".join(argv if argv is not None else sys.argv[1:])
         write_record(path, new_record("telemetry_overhead", name, cmd.strip(), [row],
                                       versions={"cpu_isa": torch.backends.cpu.get_cpu_capability()}))

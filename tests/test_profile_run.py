@@ -132,3 +132,17 @@ def test_dry_run_prints_flops_and_writes_nothing(stem, tmp_path, capsys):
 def test_bad_profiling_options_are_refused_naming_the_option(args, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config(["--preset", "demo", *args])
+
+
+def test_a_run_becomes_a_record_that_render_reads(profiled, tmp_path, capsys):
+    from benchmarks import record_run
+    from benchmarks.records import read
+
+    out, _ = profiled
+    path = tmp_path / "train-run.json"
+    assert record_run.main([str(out), "--out", str(path)]) == 0
+    rec = read(str(path))
+    assert rec.benchmark == "train_run" and [r["step"] for r in rec.results] == [4, 8, 12]
+    assert rec.extra["summary"]["backend"] == "sparse" and rec.extra["profile"]["categories"]
+    assert record_run.main([str(tmp_path), "--out", str(tmp_path / "x.json")]) == 2  # not a run: named, exit 2
+    assert "summary.json" in capsys.readouterr().err
