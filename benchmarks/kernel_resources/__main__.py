@@ -48,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
                         "and its callees', signature, constants, options, architecture, compiler versions); "
                         "default ${MMEARTH_CACHE:-~/.cache/mmearth-kernels}/kernel_resources")
     p.add_argument("--no-cache", action="store_true", help="compile everything, read and write no cache")
+    p.add_argument("--warm-cache", action="store_true",
+                   help="on a GPU machine, before measuring: compile every Triton launch for this GPU (or --arch) "
+                        "into $TRITON_CACHE_DIR exactly as the launches will, so the measured runs find each kernel "
+                        "there instead of compiling it (benchmarks/gpu_check.sh does this while the extension "
+                        "builds); no record, no resources read")
     return p
 
 
@@ -139,6 +144,8 @@ def main(argv=None) -> int:
         parser.error(f"--timeout-s must be > 0, got {args.timeout_s}")
     if args.out and os.path.isdir(args.out):
         parser.error(f"--out must be a file to write, but {args.out} is a folder")
+    if args.warm_cache:
+        return _warm(parser, args, dtypes, models)
     # compiled kernels land in a temporary Triton cache: this run must compile, and must not fill the user's cache
     triton_cache = tempfile.mkdtemp(prefix="kernel_resources_triton_")
     os.environ["TRITON_CACHE_DIR"] = triton_cache
@@ -146,6 +153,38 @@ def main(argv=None) -> int:
         return _run(args, archs, dtypes, models, argv)
     finally:
         shutil.rmtree(triton_cache, ignore_errors=True)
+
+
+def _warm(parser, args, dtypes, models) -> int:
+    """--warm-cache: the Triton compiles of every captured launch into $TRITON_CACHE_DIR for the GPU here."""
+    if not os.environ.get("TRITON_CACHE_DIR"):
+        parser.error("--warm-cache fills $TRITON_CACHE_DIR, which is not set: set it to the folder the measured runs "
+                     "will use")
+    archs = args.arch
+    if not archs:
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--warm-cache: no GPU here to compile for; name one with --arch")
+        cap = "%d%d" % torch.cuda.get_device_capability()
+        archs = [a for a, c in scenarios.ARCHS.items() if str(c) == cap]
+        if not archs:
+            print(f"kernel_resources --warm-cache: compute capability {cap} is not among {', '.join(scenarios.ARCHS)}; "
+                  "nothing compiled ahead (the runs compile on first use)")
+            return 0
+    jobs = scenarios.jobs(scenarios.launches(models, dtypes), archs)
+    os.environ[compilers.WARM_ENV] = "1"  # read by the spawned workers
+    failed = []
+
+    def on_result(job, status, payload, seconds):
+        if status != "ok":
+            failed.append(f"{job.label}: {status} {(payload or '').splitlines()[0][:160] if payload else ''}")
+
+    wall = pool.run_jobs(_order(jobs), args.workers, args.timeout_s, on_result)
+    print(f"kernel_resources --warm-cache: {len(jobs) - len(failed)} of {len(jobs)} Triton compiles for "
+          f"{','.join(archs)} in {wall:.0f} s into {os.environ['TRITON_CACHE_DIR']}"
+          + "".join(f"\n  not compiled: {f}" for f in failed))
+    return 0
 
 
 def _run(args, archs, dtypes, models, argv) -> int:

@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CUDA_DIR = os.path.join(ROOT, "csrc", "cuda")
 GENCODE = {"sm_90a": "arch=compute_90a,code=sm_90a", "sm_80": "arch=compute_80,code=sm_80"}
 CAPABILITY = {"sm_90a": 90, "sm_80": 80}
+WARM_ENV = "MMEARTH_KERNEL_RESOURCES_WARM"  # set by --warm-cache for the worker processes
 
 
 def compile_triton(job) -> list[dict]:
@@ -36,6 +37,10 @@ def compile_triton(job) -> list[dict]:
     from .discover import jit_function
 
     fn = jit_function(getattr(importlib.import_module(job.module), job.attr))
+    if os.environ.get(WARM_ENV) == "1":  # --warm-cache: fill TRITON_CACHE_DIR as the launch would, read nothing
+        triton.compile(ASTSource(fn, job.signature, job.constexprs, job.attrs),
+                       target=GPUTarget("cuda", CAPABILITY[job.arch], 32), options=job.options)
+        return []
     triton.knobs.nvidia.dump_ptxas_log = True
     triton.knobs.compilation.always_compile = True  # a cache hit would skip ptxas, and its log
     log = io.StringIO()
