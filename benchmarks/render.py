@@ -274,8 +274,31 @@ def generic_rows(rows: list[dict], drop=()) -> list[str]:
     return out + table(head, body)
 
 
+def kernel_resources_section(rec: Record) -> list[str]:
+    """One line per kernel x config x arch (its specialisations and dtypes folded in): the worst registers, spills,
+    occupancy and compile time; the record keeps every row (``python -m benchmarks.kernel_resources``)."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rec.results:
+        groups[(r["kind"], r["kernel"], r.get("config") or "", r["arch"])].append(r)
+    body = []
+    for (kind, kernel, config, arch), rows in sorted(groups.items()):
+        ok = [r for r in rows if r.get("status") == "ok"]
+        spills = sum(r.get("spill_stores", 0) + r.get("spill_loads", 0) for r in ok)
+        bad = [r.get("status") for r in rows if r.get("status") != "ok"]
+        body.append([kind, f"`{kernel}`", config, arch, str(len(rows)),
+                     str(max((r["registers"] for r in ok), default="")),
+                     str(spills), str(min((r["warps_per_sm"] for r in ok), default="")),
+                     f"{max((r['compile_s'] for r in ok), default=0):.1f}", ", ".join(sorted(set(bad))) or "ok"])
+    return [f"{len(rec.results)} compiles in {len(groups)} groups (kernel x config x arch; dtypes and "
+            "specialisations folded: the worst of each):", ""] + table(
+        ["kind", "kernel", "config", "arch", "compiles", "max registers", "spill bytes", "min warps/SM",
+         "max compile s", "status"], body, {4, 5, 6, 7, 8})
+
+
 def record_table(rec: Record, ctx: Context) -> list[str]:
     """The table(s) of one record, by what the renderer knows of its kind; any other kind gets a generic table."""
+    if rec.benchmark == "kernel_resources":
+        return kernel_resources_section(rec)
     if rec.format == "e2e":
         return profile_section(rec, ctx) if "profiles" in rec.extra else e2e_section(rec, ctx)
     if rec.format == "pytest-benchmark":
