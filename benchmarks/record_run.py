@@ -14,9 +14,8 @@ import json
 import os
 import sys
 
-from .records import device_slug, new_record, write_record
+from .records import new_record, write_result
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # per-window fields kept as the record's rows (losses per task and weights stay in the run's metrics.jsonl)
 WINDOW = ("step", "loss", "img_per_s", "patches_per_s", "step_ms", "step_ms_p90", "data_wait_pct", "tflops",
           "tflops_executed", "mfu_pct", "peak_mem_gib", "peak_reserved_gib", "health_std", "health_rank")
@@ -80,10 +79,7 @@ def main(argv=None) -> int:
     except RunError as e:
         print(f"record_run: error: {e}", file=sys.stderr)
         return 2
-    short = device_slug(rec["device"])
-    path = args.out or os.path.join(RESULTS, f"train-run-{short}-{rec['date'][:10]}.json")
-    write_record(path, rec)
-    print(f"record_run: wrote {path}")
+    print(f"record_run: wrote {write_result(rec, 'train-run', args.out)}")
     return 0
 
 

@@ -221,6 +221,14 @@ def new_record(benchmark: str, device: str, command: str, results: list[dict], n
     return rec
 
 
+def write_result(record: dict, kind: str, out: str | None = None) -> str:
+    """Write ``record`` to ``out``, or as ``benchmarks/results/<kind>-<device>-<day>.json``; returns the path."""
+    path = out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                               f"{kind}-{device_slug(record['device'])}-{record['date'][:10]}.json")
+    write_record(path, record)
+    return path
+
+
 def write_record(path: str, record: dict) -> None:
     """Write ``record`` (from ``new_record``) after checking it reads back as one."""
     from mmearth_kernels.files import write_atomically

@@ -17,11 +17,10 @@ import sys
 import tempfile
 
 from .record_run import run_record
-from .records import device_slug, write_record
+from .records import write_result
 
 PREFIX_STEPS = 20      # the steps the test re-runs
 BAND = 0.02            # allowed relative difference of a logged loss (CPU ISAs and thread counts round differently)
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def demo_argv(out: str, data_dir: str, steps: int | None = None) -> list[str]:
@@ -57,10 +56,7 @@ def main(argv=None) -> int:
     rec["notes"] = (f"The demo preset's loss per logging window; tests/test_reference_curve.py re-runs the first "
                     f"{PREFIX_STEPS} steps and holds each logged loss within {BAND:.0%} of these. Probe: dominant land "
                     "cover, linear, 1000 + 1000 tiles of seed 11, 32 px crops.")
-    short = device_slug(rec["device"])
-    path = args.out or os.path.join(RESULTS, f"demo-curve-{short}-{rec['date'][:10]}.json")
-    write_record(path, rec)
-    print(f"reference_curve: wrote {path}")
+    print(f"reference_curve: wrote {write_result(rec, 'demo-curve', args.out)}")
     return 0
 
 

@@ -11,14 +11,13 @@ calls:
 
 Overhead = the telemetry's time per step / the step's time. Timing the pieces separately, instead of two whole runs
 with and without telemetry, measures a 1 % effect that run-to-run noise (several % on a shared VM) would bury.
-Writes ``benchmarks/results/telemetry-overhead-<device>-<date>.json`` (a record; ``--out`` elsewhere) and exits 1
-when the overhead is 2 % or more.
+Writes ``benchmarks/results/telemetry-overhead-<device>-<date>.json`` (a record; ``--out`` names another file) and
+exits 1 when the overhead is 2 % or more.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -36,7 +35,7 @@ from train.run import build_model
 from train.step import TrainStep, make_optimizer
 from train.telemetry import Telemetry
 
-from .records import cpu_label, device_slug, new_record, write_record
+from .records import cpu_label, new_record, write_result
 
 LIMIT_PCT = 2.0
 
@@ -108,8 +107,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.telemetry_overhead", description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     ap.add_argument("--repeats", type=int, default=7, help="timed demo steps (the median is used)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
-                    help="folder for the record")
+    ap.add_argument("--out", default=None,
+                    help="the record (default: benchmarks/results/telemetry-overhead-<device>-<date>.json)")
     ap.add_argument("--smoke", action="store_true", help="CI: a tiny model, no record (numbers meaningless)")
     args = ap.parse_args(argv)
     if args.repeats < 1:
@@ -126,11 +125,10 @@ def main(argv=None) -> int:
         from train.summary import cpu_model
 
         name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_label(cpu_model(), os.cpu_count())
-        day = datetime.date.today().isoformat()
-        path = os.path.join(args.out, f"telemetry-overhead-{device_slug(name)}-{day}.json")
         cmd = "python -m benchmarks.telemetry_overhead " + " ".join(argv if argv is not None else sys.argv[1:])
-        write_record(path, new_record("telemetry_overhead", name, cmd.strip(), [row],
-                                      versions={"cpu_isa": torch.backends.cpu.get_cpu_capability()}))
+        path = write_result(new_record("telemetry_overhead", name, cmd.strip(), [row],
+                                       versions={"cpu_isa": torch.backends.cpu.get_cpu_capability()}),
+                            "telemetry-overhead", args.out)
         print(f"record: {path}")
     return 0 if row["overhead_pct"] < LIMIT_PCT else 1
 

@@ -245,16 +245,20 @@ def _is_plain_file(path: str) -> bool:
     return os.path.isfile(path) and not os.path.islink(path)
 
 
+def _names_in(folder: str) -> list[str]:
+    """The folder's entries, or none if it cannot be listed (gone, not a folder, no permission)."""
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
+
+
 def remove_stale_temps_in(folder: str) -> list[str]:
     """Remove every abandoned temporary of ours in ``folder`` (files named ``.<x>.<random>.mmearth-tmp``,
     and folders so named holding an unlocked ``.mmearth-tmp-lock``); returns what was removed. A
     temporary whose writer is alive, a symlink, or anything named otherwise is left alone."""
     removed = []
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return removed
-    for name in names:
+    for name in _names_in(folder):
         if not _OURS.match(name):
             continue
         full = os.path.join(folder, name)
@@ -277,11 +281,7 @@ def remove_stale_temps(path: str) -> list[str]:
     suffixes = f"({re.escape(TEMP_SUFFIX)}|{re.escape(_LEGACY_SUFFIX)})$"
     pattern = re.compile(re.escape(_prefix(path)) + _RANDOM + suffixes)
     removed = []
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return removed
-    for name in names:
+    for name in _names_in(folder):
         full = os.path.join(folder, name)
         if pattern.match(name) and _is_plain_file(full) and _remove_if_abandoned(full):
             removed.append(full)

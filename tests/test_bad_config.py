@@ -16,6 +16,8 @@ from train.data.reader import DataError
 from train.data.synthetic import write_dataset
 from train.files import WriteError
 
+from _train_helpers import train_cfg
+
 BAD_OPTIONS = {
     "--stem patch": (["--stem", "patch"], "--stem must be one of mmearth, original"),
     "--init-from without a kind": (["--init-from", "weights.pth"], "--init-from must be timm:FILE or mmearth:FILE"),
@@ -79,10 +81,7 @@ def stem(tmp_path_factory):
 
 
 def _cfg(stem, out, **kw):
-    base = dict(data=stem, out=str(out), batch_size=4, steps=3, lr=1e-3, warmup_steps=1, log_every=1, ckpt_every=2,
-                png_every=0, progress=False, seed=3, init="standard", crop=16, decoder_dim=16, workers=0,
-                health_every=0)
-    return TrainConfig(**(base | kw))
+    return train_cfg(stem, out, **({"steps": 3, "log_every": 1, "ckpt_every": 2} | kw))
 
 
 def test_a_batch_larger_than_the_split_is_an_error_not_a_hang(stem, tmp_path):
@@ -225,5 +224,6 @@ def test_a_half_made_demo_folder_of_someone_else_is_left_alone(tmp_path):
     root.mkdir()
     (root / "synthetic_2000_64_splits.json").write_text("{}")
     with pytest.raises(DataError, match="were not made by an interrupted demo run"):
-        trainer.pretrain(TrainConfig(data_dir=str(root), out=str(tmp_path / "o"), steps=1, progress=False))
+        trainer.pretrain(TrainConfig(data_dir=str(root), out=str(tmp_path / "o"), steps=1, progress=False,
+                                     device="cpu"))
     assert (root / "synthetic_2000_64_splits.json").read_text() == "{}"

@@ -41,7 +41,7 @@ def stem(tmp_path_factory):
 
 
 COMMON = dict(steps=3, lr=1e-3, warmup_steps=1, log_every=1, ckpt_every=3, png_every=0, progress=False, seed=5,
-              init="standard")
+              init="standard", device="cpu", health_every=0)  # gloo on CPU: the property tested is the CPU one
 
 
 def _args(stem, out, **kw):

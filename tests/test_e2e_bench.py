@@ -30,7 +30,7 @@ def test_backend_names(name, want):
 def test_smoke_grid_writes_json_markdown_plots_and_compares(tmp_path):
     args = ["--smoke", "--out", str(tmp_path), "--name", "a",
             "--backends", "dense,dense-plain,sparse,sparse-fused,sparse-graphed",
-            "--mask-ratios", "0,0.6", "--no-isolate"]
+            "--mask-ratios", "0,0.6", "--no-isolate", "--device", "cpu"]
     doc = e2e.main(args)
     ctx = doc["context"]
     assert ctx["device"] == "cpu" and ctx["torch"] and ctx["git"] and ctx["options"]["batch"] == "2"
@@ -63,14 +63,14 @@ def test_smoke_grid_writes_json_markdown_plots_and_compares(tmp_path):
     assert "host ms/step at batch 1" in md
 
     doc2 = e2e.main(["--smoke", "--out", str(tmp_path), "--name", "b", "--backends", "sparse", "--mask-ratios", "0.6",
-                     "--no-host-cost", "--compare", str(tmp_path / "a.json")])  # isolated (the CPU default): RSS
+                     "--no-host-cost", "--compare", str(tmp_path / "a.json"), "--device", "cpu"])  # isolated: RSS
     assert doc2["results"][0]["peak_rss_mib"] > 0
     assert "new/old time" in open(tmp_path / "b.md").read()
 
 
 def test_profile_mode_writes_a_table_and_a_chrome_trace(tmp_path):
     doc = e2e.main(["--smoke", "--profile", "--out", str(tmp_path), "--name", "p", "--backends", "sparse",
-                    "--mask-ratios", "0.6"])
+                    "--mask-ratios", "0.6", "--device", "cpu"])
     p = doc["profiles"][0]
     assert os.path.getsize(p["trace"]) > 0 and json.load(open(p["trace"]))
     # the trainer's op table (train/profiling.py): the categories add up to the step
@@ -86,7 +86,7 @@ def test_profile_mode_writes_a_table_and_a_chrome_trace(tmp_path):
                                          (["--mask-ratios", "1.0"], r"\[0, 1\)")])
 def test_bad_options(argv, match, tmp_path):
     with pytest.raises((SystemExit, ValueError), match=match):
-        e2e.main(["--smoke", "--out", str(tmp_path), *argv])
+        e2e.main(["--smoke", "--out", str(tmp_path), "--device", "cpu", *argv])
 
 
 def test_minkowski_backend_in_the_grid(tmp_path):

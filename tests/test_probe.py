@@ -20,7 +20,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe")
     stem = write_dataset(str(root), tiles=60, size=64, seed=3, quiet=True, splits=(0.6, 0.4, 0.0))
     pretrain(TrainConfig(data=stem, out=str(root / "run"), batch_size=4, steps=3, lr=1e-3, warmup_steps=1, png_every=0,
-                      progress=False, seed=1))
+                      progress=False, seed=1, device="cpu", health_every=0))
     return stem, str(root / "run" / "last.pt")
 
 

@@ -21,7 +21,7 @@ from train.loop import pretrain
 @pytest.mark.slow
 def test_demo_pretraining_beats_the_random_init_under_a_linear_probe(tmp_path, capsys):
     cfg = TrainConfig(**{**PRESETS["demo"], "data_dir": str(tmp_path / "data"), "out": str(tmp_path / "run"),
-                         "progress": False, "png_every": 0})
+                         "progress": False, "png_every": 0, "device": "cpu", "health_every": 0})
     pretrain(cfg)
     # = python -m train.data.synthetic DIR --tiles 2000 --seed 11 --splits 0.5,0,0.5 (README), faster gzip
     stem = write_dataset(str(tmp_path / "probe"), tiles=2000, size=64, seed=11, quiet=True, splits=(0.5, 0.0, 0.5),

@@ -11,9 +11,11 @@ import pytest
 
 import train.loop as trainer
 import train.report as report
-from train.config import ConfigError, TrainConfig, parse_config
+from train.config import ConfigError, parse_config
 from train.data.synthetic import write_dataset
 from train.profiling import HOST, IDLE
+
+from _train_helpers import train_cfg
 
 FIELDS = ("img_per_s", "patches_per_s", "step_ms", "step_ms_p90", "data_wait_pct", "tflops", "tflops_executed",
           "mfu_pct", "peak_mem_gib")
@@ -26,10 +28,8 @@ def stem(tmp_path_factory):
 
 
 def _cfg(stem, out, **kw):
-    base = dict(data=stem, out=str(out), batch_size=4, steps=8, lr=1e-3, warmup_steps=1, log_every=4, ckpt_every=8,
-                png_every=0, progress=False, seed=1, init="standard", crop=16, decoder_dim=32, workers=0,
-                device="cpu", health_samples=8, mask_ratio=0.5)
-    return TrainConfig(**(base | kw))
+    return train_cfg(stem, out, **({"steps": 8, "log_every": 4, "ckpt_every": 8, "seed": 1, "decoder_dim": 32,
+                                    "health_every": 10, "health_samples": 8, "mask_ratio": 0.5} | kw))
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,10 @@ from mmearth_kernels.models import MPMAE
 from mmearth_kernels.testing import training_batch
 from train.batches import epoch_batches
 from train.checkpoint import load_checkpoint
-from train.config import TrainConfig
 from train.data.synthetic import write_dataset
 from train.step import GraphedTrainStep, TrainStep, make_optimizer
+
+from _train_helpers import train_cfg
 
 HAS_CUDA = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU here: real CUDA-graph capture needs one "
@@ -128,12 +129,9 @@ def stem(tmp_path_factory):
 
 
 def _cfg(stem, out, **kw):
-    # device="cpu" unless a test says otherwise: "auto" would mean CUDA + bf16 on a GPU machine, and these tests
-    # state CPU properties (bit-identical resumes, fp32 gradients)
-    base = dict(data=stem, out=str(out), batch_size=4, accum=2, steps=6, lr=1e-3, warmup_steps=1, log_every=3,
-                ckpt_every=3, png_every=0, progress=False, seed=3, init="standard", crop=16, decoder_dim=32,
-                workers=0, device="cpu", health_samples=4)
-    return TrainConfig(**(base | kw))
+    # health on (4 images): the sync-free loop test then covers the health check at its logging points too
+    return train_cfg(stem, out, **({"accum": 2, "log_every": 3, "decoder_dim": 32, "health_every": 1,
+                                    "health_samples": 4} | kw))
 
 
 @pytest.mark.parametrize("device", DEVICES)

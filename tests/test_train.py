@@ -12,6 +12,8 @@ from train.config import TrainConfig, parse_config
 from train.data.synthetic import write_dataset
 from train.loop import pretrain
 
+from _train_helpers import train_cfg
+
 
 @pytest.fixture(scope="module")
 def stem(tmp_path_factory):
@@ -20,9 +22,7 @@ def stem(tmp_path_factory):
 
 
 def _cfg(stem, out, **kw):
-    base = dict(data=stem, out=str(out), batch_size=4, steps=6, lr=1e-3, warmup_steps=2, log_every=2, ckpt_every=3,
-                png_every=3, progress=False, seed=3, init="standard")
-    return TrainConfig(**(base | kw))
+    return train_cfg(stem, out, **({"warmup_steps": 2, "png_every": 3} | kw))
 
 
 def test_short_run_writes_metrics_checkpoint_and_pictures(stem, tmp_path):

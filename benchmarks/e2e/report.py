@@ -14,6 +14,8 @@ import torch
 from mmearth_kernels.models.registry import BACKEND_SPECS, reference_backend
 from mmearth_kernels.ops.registry import OPS
 
+from train.summary import cpu_model
+
 from .cases import BASELINES, Case, mode_baseline, parse_backend
 from .run import memory_of
 
@@ -40,13 +42,7 @@ def context(device: str, args) -> dict:
         triton_v = triton.__version__
     except ImportError:
         triton_v = None
-    cpu_name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu_name)
-    except OSError:
-        pass
-    return {"device": device, "cpu": cpu_name, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+    return {"device": device, "cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "torch": torch.__version__,
             "cuda": torch.version.cuda, "triton": triton_v, "python": platform.python_version(), "git": sha,
             "git_dirty": dirty, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -385,12 +385,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_ln_cp
   return {y, y1, mean, rstd};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cpu(const at::Tensor& grad_out,
-                                                                             const at::Tensor& x,
-                                                                             const at::Tensor& weight,
-                                                                             const at::Tensor& row_pos,
-                                                                             const at::Tensor& inv_map,
-                                                                             std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& row_pos,
+    const at::Tensor& inv_map, std::array<bool, 3> output_mask) {
   check_sparse_dwconv_backward(grad_out, x, weight, row_pos, inv_map);
   TORCH_INTERNAL_ASSERT(x.device().is_cpu());
   check_layout_values_cpu(row_pos, inv_map, "sparse_dwconv2d_backward");

@@ -246,12 +246,9 @@ at::Tensor sparse_dwconv2d_cuda(const at::Tensor& x, const at::Tensor& weight, c
   return y;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cuda(const at::Tensor& grad_out,
-                                                                              const at::Tensor& x,
-                                                                              const at::Tensor& weight,
-                                                                              const at::Tensor& row_pos,
-                                                                              const at::Tensor& inv_map,
-                                                                              std::array<bool, 3> output_mask) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_dwconv2d_backward_cuda(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& row_pos,
+    const at::Tensor& inv_map, std::array<bool, 3> output_mask) {
   check_sparse_dwconv_backward(grad_out, x, weight, row_pos, inv_map);
   TORCH_INTERNAL_ASSERT(x.device().is_cuda());
   const c10::cuda::CUDAGuard guard(x.device());

@@ -13,16 +13,26 @@ def taps_major(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(weight.shape[0], weight.shape[2] * weight.shape[3]).t().to(acc).contiguous()
 
 
-def start_backward(x: torch.Tensor, weight: torch.Tensor, output_mask):
-    """``(dx, finish)``: dx to fill (empty when not asked) and ``finish(dw, db)`` that returns the triple with
-    the gradients not asked for as empty tensors."""
+def start_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, output_mask):
+    """What every conv backward begins with: ``(grad_out made contiguous, dx to fill (empty when not asked),
+    finish(dw, db), early)``. ``finish`` returns the triple with the gradients not asked for as empty tensors;
+    ``early`` is the whole result of an empty problem (no rows or no channels), else None."""
     need_dx, need_dw, need_db = output_mask
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
 
     def finish(dw, db):
         return dx, (dw if need_dw else weight.new_empty(0)), (db if need_db else weight.new_empty(0))
 
-    return dx, finish
+    empty = x.shape[0] == 0 or x.shape[1] == 0
+    early = finish(torch.zeros_like(weight), weight.new_zeros(weight.shape[0])) if empty else None
+    return grad_out.contiguous(), dx, finish, early
+
+
+def conv_shape(x: torch.Tensor, weight: torch.Tensor):
+    """``(N, C, K, K*K, taps-major weight)`` of a depthwise conv on packed rows."""
+    N, C = x.shape
+    K = weight.shape[-1]
+    return N, C, K, K * K, taps_major(weight)
 
 
 def reduce_parts(dw_part: torch.Tensor, db_part: torch.Tensor, weight: torch.Tensor):

@@ -56,6 +56,18 @@ def _gelu_grad(h):
 
 
 @triton.jit
+def _program_part(offsets_ptr, N, C, S, BATCH: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's task (group g, part s: grid x is g * S + s, see launch_grid), its channel block and its rows
+    [lo, hi)."""
+    task = tl.program_id(0).to(tl.int64)
+    g = task // S
+    s = task - g * S
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    lo, hi = _part_rows(offsets_ptr, g, s, S, N, BATCH)
+    return task, g, cols, cols < C, lo, hi
+
+
+@triton.jit
 def _part_rows(offsets_ptr, g, s, S, N, BATCH: tl.constexpr):
     if BATCH:
         begin = N * 0
@@ -72,12 +84,7 @@ def _part_rows(offsets_ptr, g, s, S, N, BATCH: tl.constexpr):
 def _sums_kernel(a_ptr, b_ptr, offsets_ptr, s_ab_ptr, s_a_ptr, N, C, S,
                  BATCH: tl.constexpr, HAS_B: tl.constexpr, GELU: tl.constexpr, ACC: tl.constexpr,
                  BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    task = tl.program_id(0).to(tl.int64)  # g * S + s (see launch_grid)
-    g = task // S
-    s = task - g * S
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    lo, hi = _part_rows(offsets_ptr, g, s, S, N, BATCH)
+    task, g, cols, cmask, lo, hi = _program_part(offsets_ptr, N, C, S, BATCH, BLOCK_C)
     acc_ab = tl.zeros((BLOCK_C,), dtype=ACC)
     acc_a = tl.zeros((BLOCK_C,), dtype=ACC)
     for r0 in range(lo, hi, BLOCK_R):
@@ -105,12 +112,7 @@ def _sums_kernel(a_ptr, b_ptr, offsets_ptr, s_ab_ptr, s_a_ptr, N, C, S,
 def _apply_kernel(a_ptr, b_ptr, s_ptr, t_ptr, offsets_ptr, out_ptr, N, C, S,
                   BATCH: tl.constexpr, HAS_B: tl.constexpr, GELU: tl.constexpr, ACC: tl.constexpr,
                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    task = tl.program_id(0).to(tl.int64)  # g * S + s (see launch_grid)
-    g = task // S
-    s = task - g * S
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    lo, hi = _part_rows(offsets_ptr, g, s, S, N, BATCH)
+    task, g, cols, cmask, lo, hi = _program_part(offsets_ptr, N, C, S, BATCH, BLOCK_C)
     sv = tl.load(s_ptr + g * C + cols, mask=cmask, other=0.0).to(ACC)
     if HAS_B:
         tv = tl.load(t_ptr + g * C + cols, mask=cmask, other=0.0).to(ACC)

@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .._constants import dwconv_parts
 from . import acc_dtype, autotune_configs, config, fp64_configs, on_input_device
-from ._dwconv_common import ln_outputs, reduce_parts, start_backward, taps_major, with_config
+from ._dwconv_common import conv_shape, ln_outputs, reduce_parts, start_backward, taps_major, with_config
 from ._layernorm import merge_stats, normalise_rows
 
 # Short lists on purpose: every config is one more compile per specialisation on a cold cache, and the GPU check
@@ -166,12 +166,10 @@ def _check(x, weight, row_pos, inv_map):
 @on_input_device
 def forward(x, weight, bias, row_pos, inv_map) -> torch.Tensor:
     _check(x, weight, row_pos, inv_map)
-    N, C = x.shape
-    K = weight.shape[-1]
+    N, C, K, _, w = conv_shape(x, weight)
     y = torch.empty_like(x)
     if N == 0 or C == 0:
         return y
-    w = taps_major(weight)
     b = bias.to(w.dtype).contiguous() if bias is not None else w  # dummy pointer when HAS_BIAS is False
     _, H, W = inv_map.shape
 
@@ -209,15 +207,11 @@ def forward_ln(x, weight, bias, ln_weight, ln_bias, row_pos, inv_map, eps: float
 def backward(grad_out, x, weight, row_pos, inv_map, output_mask=(True, True, True)):
     """``(dx, dweight, dbias)``; those whose ``output_mask`` entry is False are not computed (empty tensors)."""
     _check(x, weight, row_pos, inv_map)
+    grad_out, dx, finish, early = start_backward(grad_out, x, weight, output_mask)
+    if early is not None:
+        return early
     need_dx, need_dw, need_db = output_mask
-    grad_out = grad_out.contiguous()
-    N, C = x.shape
-    K = weight.shape[-1]
-    KK = K * K
-    dx, finish = start_backward(x, weight, output_mask)
-    if N == 0 or C == 0:
-        return finish(torch.zeros_like(weight), weight.new_zeros(C))
-    w = taps_major(weight)
+    N, C, K, KK, w = conv_shape(x, weight)
     # Flipped taps: dx[q] = sum_t w[t] dy[q - o_t] = sum_t w[KK-1-t] dy[q + o_t].
     w_flip = w.flip(0).contiguous()
     _, H, W = inv_map.shape

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from . import acc_dtype, autotune_configs, config, fp64_configs, on_input_device
-from ._dwconv_common import ln_outputs, reduce_parts, start_backward, taps_major, with_config
+from ._dwconv_common import conv_shape, ln_outputs, reduce_parts, start_backward, taps_major, with_config
 from ._layernorm import merge_stats, normalise_rows
 
 _FWD_CONFIGS = autotune_configs([
@@ -56,10 +56,11 @@ def patches_per_program(block: int, rows: int) -> int:
 
 
 @triton.jit
-def _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, NP, GH, GW, P: tl.constexpr, BS: tl.constexpr,
+def _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, N, NP, GH, GW, P: tl.constexpr, BS: tl.constexpr,
                TP: tl.constexpr, RP: tl.constexpr):
     """The rows of one tile: (validity, sample, padded patch row / column, local i, j, own row index).
-    RP = TP * BS^2 rounded up to a power of two (tl.arange's rule); the lanes beyond are invalid."""
+    RP = TP * BS^2 rounded up to a power of two (tl.arange's rule); the lanes beyond are invalid, and so is a row
+    index outside [0, N) (a corrupt table reads nothing out of bounds)."""
     r = tl.arange(0, RP)
     pidx = pid * TP + r // (BS * BS)
     li = (r % (BS * BS)) // BS
@@ -74,7 +75,19 @@ def _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, NP, GH, GW, P: tl.constex
     GHP = GH + 2 * P
     own0 = tl.load(row0_ptr + (b * GHP + php) * GWP + pwp, mask=valid, other=0).to(tl.int64)
     owns = tl.load(stride_ptr + b * GHP + php, mask=valid, other=0).to(tl.int64)
-    return valid, b, php, pwp, li, lj, own0 + li * owns + lj
+    rows = own0 + li * owns + lj
+    return valid & (rows >= 0) & (rows < N), b, php, pwp, li, lj, rows
+
+
+@triton.jit
+def _program_tile(patches_ptr, row0_ptr, stride_ptr, N, C, NP, GH, GW, P: tl.constexpr, BS: tl.constexpr,
+                  TP: tl.constexpr, RP: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's tile (grid x) and channel block (grid y): (tile, channels, channel mask, then _tile_rows')."""
+    pid = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    valid, b, php, pwp, li, lj, rows = _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, N, NP, GH, GW, P, BS, TP,
+                                                  RP)
+    return pid, cols, cols < C, valid, b, php, pwp, li, lj, rows
 
 
 @triton.jit
@@ -120,11 +133,8 @@ def _tiled_gather_kernel(x_ptr, w_ptr, b_ptr, row0_ptr, stride_ptr, patches_ptr,
                          K: tl.constexpr, BS: tl.constexpr, P: tl.constexpr, TP: tl.constexpr, RP: tl.constexpr,
                          HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
     """y[p, c] = bias[c] + sum_t w[t, c] * x[q_t(p), c] for the TP * BS^2 rows p of this program's patches."""
-    pid = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    valid, b, php, pwp, li, lj, rows = _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, NP, GH, GW, P, BS, TP, RP)
-    valid = valid & (rows >= 0) & (rows < N)
+    pid, cols, cmask, valid, b, php, pwp, li, lj, rows = _program_tile(patches_ptr, row0_ptr, stride_ptr, N, C, NP,
+                                                                       GH, GW, P, BS, TP, RP, BLOCK_C)
     acc = _tiled_conv_block(x_ptr, w_ptr, b_ptr, row0_ptr, stride_ptr, valid, b, php, pwp, li, lj, cols, cmask, N,
                             GH, GW, C, K, BS, P, RP, HAS_BIAS, ACC, BLOCK_C)
     tl.store(y_ptr + rows[:, None] * C + cols[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -139,8 +149,8 @@ def _tiled_gather_ln_kernel(x_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, row0_ptr, str
                             ACC: tl.constexpr, BLOCK_C: tl.constexpr):
     """The conv of this program's patches over all channels (y1, stored) and its LayerNorm: _layernorm.py."""
     pid = tl.program_id(0).to(tl.int64)
-    valid, b, php, pwp, li, lj, rows = _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, NP, GH, GW, P, BS, TP, RP)
-    valid = valid & (rows >= 0) & (rows < N)
+    valid, b, php, pwp, li, lj, rows = _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, N, NP, GH, GW, P, BS, TP,
+                                                  RP)
     mean = tl.zeros((RP,), dtype=ACC)
     m2 = tl.zeros((RP,), dtype=ACC)
     for c0 in range(0, C, BLOCK_C):
@@ -160,11 +170,8 @@ def _tiled_wgrad_kernel(dy_ptr, x_ptr, row0_ptr, stride_ptr, patches_ptr, dw_par
                         GH, GW, K: tl.constexpr, BS: tl.constexpr, P: tl.constexpr, TP: tl.constexpr,
                         RP: tl.constexpr, ACC: tl.constexpr, BLOCK_C: tl.constexpr):
     """dw_part[tile, t, c] = sum over the tile's rows p of dy[p, c] * x[q_t(p), c]; db_part[tile, c] = sum dy."""
-    pid = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < C
-    valid, b, php, pwp, li, lj, rows = _tile_rows(patches_ptr, row0_ptr, stride_ptr, pid, NP, GH, GW, P, BS, TP, RP)
-    valid = valid & (rows >= 0) & (rows < N)
+    pid, cols, cmask, valid, b, php, pwp, li, lj, rows = _program_tile(patches_ptr, row0_ptr, stride_ptr, N, C, NP,
+                                                                       GH, GW, P, BS, TP, RP, BLOCK_C)
     dy = tl.load(dy_ptr + rows[:, None] * C + cols[None, :], mask=valid[:, None] & cmask[None, :],
                  other=0.0).to(ACC)
     tl.store(db_part_ptr + pid * C + cols, tl.sum(dy, axis=0), mask=cmask)
@@ -200,12 +207,10 @@ def _tables(row0, stride, patches, pad):
 @on_input_device
 def forward(x, weight, bias, row0, stride, patches, pad: int, block: int) -> torch.Tensor:
     assert x.is_contiguous() and weight.is_contiguous(), "x and weight must be contiguous"
-    N, C = x.shape
-    K = weight.shape[-1]
+    N, C, K, _, w = conv_shape(x, weight)
     y = torch.empty_like(x)
     if N == 0 or C == 0:
         return y
-    w = taps_major(weight)
     b = bias.to(w.dtype).contiguous() if bias is not None else None
     _launch_gather(x, w, b, _tables(row0, stride, patches, pad), block, K, y)
     return y
@@ -239,15 +244,11 @@ def forward_ln(x, weight, bias, ln_weight, ln_bias, row0, stride, patches, pad: 
 @on_input_device
 def backward(grad_out, x, weight, row0, stride, patches, pad: int, block: int, output_mask=(True, True, True)):
     """``(dx, dweight, dbias)``; those whose ``output_mask`` entry is False are not computed (empty tensors)."""
+    grad_out, dx, finish, early = start_backward(grad_out, x, weight, output_mask)
+    if early is not None:
+        return early
     need_dx, need_dw, need_db = output_mask
-    grad_out = grad_out.contiguous()
-    N, C = x.shape
-    K = weight.shape[-1]
-    KK = K * K
-    dx, finish = start_backward(x, weight, output_mask)
-    if N == 0 or C == 0:
-        return finish(torch.zeros_like(weight), weight.new_zeros(C))
-    w = taps_major(weight)
+    N, C, K, KK, w = conv_shape(x, weight)
     tables = _tables(row0, stride, patches, pad)
     row0, stride, patches, _ = tables
     if need_dx:  # dx[q] = sum_t w[t] dy[q - o_t] = sum_t w[KK-1-t] dy[q + o_t]: the gather with flipped taps
