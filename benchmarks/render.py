@@ -274,6 +274,10 @@ def generic_rows(rows: list[dict], drop=()) -> list[str]:
     return out + table(head, body)
 
 
+# what a kernel_resources row needs for the summary; a record without them (hand-made, older) gets the generic table
+KERNEL_RESOURCE_FIELDS = {"kind", "kernel", "arch", "status"}
+
+
 def kernel_resources_section(rec: Record) -> list[str]:
     """One line per kernel x config x arch (its specialisations and dtypes folded in): the worst registers, spills,
     occupancy and compile time; the record keeps every row (``python -m benchmarks.kernel_resources``)."""
@@ -297,7 +301,7 @@ def kernel_resources_section(rec: Record) -> list[str]:
 
 def record_table(rec: Record, ctx: Context) -> list[str]:
     """The table(s) of one record, by what the renderer knows of its kind; any other kind gets a generic table."""
-    if rec.benchmark == "kernel_resources":
+    if rec.benchmark == "kernel_resources" and all(KERNEL_RESOURCE_FIELDS <= r.keys() for r in rec.results):
         return kernel_resources_section(rec)
     if rec.format == "e2e":
         return profile_section(rec, ctx) if "profiles" in rec.extra else e2e_section(rec, ctx)

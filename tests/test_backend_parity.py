@@ -148,7 +148,15 @@ def test_masked_pixels_change_nothing(backend, impl):
     x2 = x.clone()
     x2[hidden] = 1e3 * torch.randn(int(hidden.sum()))
     with torch.no_grad():
-        torch.testing.assert_close(m(x, mask, kept), m(x2, mask, kept), atol=0, rtol=0)
+        out = m(x, mask, kept)
+        if BACKEND_SPECS[backend].reproducible:
+            # bit-equal: the masked pixels are never read, and nothing else changes between the two calls
+            torch.testing.assert_close(m(x, mask, kept), out, atol=0, rtol=0)
+            torch.testing.assert_close(m(x2, mask, kept), out, atol=0, rtol=0)
+        else:
+            # equal but for the call-to-call rounding of the engine's site order (~1e-6 here); a masked pixel
+            # read anywhere would move outputs by orders of magnitude more (they are 1e3 x randn)
+            torch.testing.assert_close(m(x2, mask, kept), out, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("stem", ["mmearth", "original"])

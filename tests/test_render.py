@@ -96,18 +96,38 @@ def test_every_committed_record_reads_and_says_how_it_was_made():
 
 
 def test_an_unknown_kind_of_record_gets_a_generic_table(tmp_path):
-    rec = records.new_record("kernel_resources", "NVIDIA H100 (compile only)", "python -m benchmarks.kernel_resources",
-                             [{"kernel": "grn_fwd", "registers": 40, "spills": 0},
-                              {"kernel": "dwconv_fwd", "registers": 96, "spills": 8}], notes="ptxas -v")
-    folder = tmp_path / render.RESULTS
-    folder.mkdir(parents=True)
-    records.write_record(str(folder / "kernel_resources-h100.json"), rec)
-    ctx = render.Context(str(tmp_path), records.read_all(str(folder), str(tmp_path)), "docs")
-    doc = render.results_doc(ctx)
-    assert "## NVIDIA H100 (compile only)" in doc and "### kernel_resources" in doc
-    assert "| kernel | registers | spills |" in doc and "| dwconv_fwd | 96 | 8 |" in doc
-    assert "python -m benchmarks.kernel_resources" in doc and "ptxas -v" in doc
+    rec = records.new_record("stream_triad", "NVIDIA H100 80GB HBM3", "python stream.py",
+                             [{"kernel": "triad", "gb_per_s": 3050, "bytes": 96},
+                              {"kernel": "copy", "gb_per_s": 2980, "bytes": 64}], notes="one pass")
+    doc = _results_doc_of(tmp_path, rec, "stream_triad-h100.json")
+    assert "## NVIDIA H100 80GB HBM3" in doc and "### stream_triad" in doc
+    assert "| kernel | gb_per_s | bytes |" in doc and "| copy | 2980 | 64 |" in doc
+    assert "python stream.py" in doc and "one pass" in doc
     assert f"git {rec['commit']}" in doc
+
+
+def test_a_kernel_resources_record_is_summarised_per_kernel_config_and_arch(tmp_path):
+    def row(dtype, registers, spills, warps, status="ok"):
+        return {"kind": "triton", "kernel": "grn._apply_kernel", "config": "BLOCK_C=64, num_warps=4", "arch": "sm_90a",
+                "dtype": dtype, "status": status, "registers": registers, "spill_stores": spills, "spill_loads": 0,
+                "warps_per_sm": warps, "compile_s": 0.5}
+    rec = records.new_record("kernel_resources", "compile-only sm_90a", "python -m benchmarks.kernel_resources",
+                             [row("fp32", 40, 0, 48), row("bf16", 72, 8, 24), row("fp64", 0, 0, 0, status="timeout")])
+    doc = _results_doc_of(tmp_path, rec, "kernel_resources-sm90a.json")
+    # the three dtypes fold into one line: the worst registers, the spills summed, the fewest warps, the bad statuses
+    line = [x for x in doc.splitlines() if "`grn._apply_kernel`" in x]
+    assert len(line) == 1 and "| 3 | 72 | 8 | 24 |" in line[0] and line[0].rstrip().endswith("| timeout |"), line
+    # a kernel_resources record whose rows lack the fields the summary needs still renders, as a generic table
+    odd = records.new_record("kernel_resources", "compile-only sm_80", "python -m benchmarks.kernel_resources",
+                             [{"kernel": "dwconv_fwd", "registers": 96}])
+    assert "| dwconv_fwd | 96 |" in _results_doc_of(tmp_path / "odd", odd, "kernel_resources-odd.json")
+
+
+def _results_doc_of(root, rec, name):
+    folder = root / render.RESULTS
+    folder.mkdir(parents=True)
+    records.write_record(str(folder / name), rec)
+    return render.results_doc(render.Context(str(root), records.read_all(str(folder), str(root)), "docs"))
 
 
 def test_a_file_that_is_no_record_is_named_with_what_is_missing(tmp_path):

@@ -200,7 +200,7 @@ register_backend(BackendSpec(
     use="opt-in: fewer passes over the 4C-wide tensor ([bytes model](docs/bytes-model.md)); the default once a GPU "
         "shows it faster", needs="the compiled kernels for speed (impl='ref' runs without them)"))
 register_backend(BackendSpec(
-    "minkowski", _minkowski, why_unavailable=_minkowski_missing, slow=True,
+    "minkowski", _minkowski, why_unavailable=_minkowski_missing, slow=True, reproducible=False,
     summary="the upstream MinkowskiEngine layers on the same weights (optional)",
     runs="the upstream MinkowskiEngine layers on the same weights (optional: `scripts/build_minkowski.sh`)",
     use="parity checks against the released engine; not a fast path",

@@ -12,6 +12,7 @@ with ``scripts/build_minkowski.sh``.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import torch
 
@@ -28,7 +29,13 @@ INSTALL_HINT = ("install it with `bash scripts/build_minkowski.sh` (builds Minko
 def engine():
     """The MinkowskiEngine module, or a clear error saying why it cannot be used."""
     try:
-        import MinkowskiEngine as ME
+        with warnings.catch_warnings():
+            if not torch.cuda.is_available():
+                # its import warns that it was built CPU-only: on a machine with no GPU that is the only build
+                # there is (scripts/build_minkowski.sh), and the warning would be the first line of every CLI's
+                # output, errors included. With a GPU it is news (the engine will not use it): let it through.
+                warnings.filterwarnings("ignore", message="The MinkowskiEngine was compiled with CPU_ONLY flag")
+            import MinkowskiEngine as ME
     except Exception as e:  # a broken install raises ImportError or worse: keep the original message
         raise RuntimeError(f"backend='minkowski' needs MinkowskiEngine, which failed to import "
                            f"({type(e).__name__}: {e}); {INSTALL_HINT}") from e

@@ -25,7 +25,9 @@ class BackendSpec:
     correctness reference, not a fast path (the tests run it on a small model, marked slow). ``all_sites``: it
     computes on every site, masked ones too (the dense backends: their executed FLOPs are the full map's). One
     backend is the ``default``, one the ``reference`` (exact, nothing compiled: the parity oracle); ``baseline``:
-    what the e2e benchmark divides by (in the same execution mode).
+    what the e2e benchmark divides by (in the same execution mode). ``reproducible``: the same input gives bit-equal
+    outputs call after call on the CPU (MinkowskiEngine's does not: it hashes coordinates, so its site order, and with
+    it the rounding of every sum over sites, changes from call to call).
     """
 
     name: str
@@ -42,6 +44,7 @@ class BackendSpec:
     default: bool = False
     reference: bool = False
     baseline: bool = False
+    reproducible: bool = True
 
 
 BACKEND_SPECS: dict[str, BackendSpec] = {}
