@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up, sourced by scripts/demo.sh and scripts/test.sh:
 #   * a virtual environment in .venv (it sees an already-installed torch, so nothing is downloaded twice);
-#   * torch, numpy, pytest, pytest-benchmark, ninja when missing;
+#   * torch, numpy, pytest, pytest-benchmark, pytest-xdist (the interpreter step), ninja when missing;
 #   * the package, editable, with its C++/CUDA extension built against that torch; rebuilt only
 #     when csrc/, setup.py or pyproject.toml changed since the last build (or the build is missing).
 # Environment: PYTHON (interpreter for the venv, default python3), MMEARTH_VENV (default .venv),
@@ -18,9 +18,9 @@ fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 
-if ! python -c "import torch, numpy, h5py, tqdm, matplotlib, safetensors, pytest, pytest_benchmark, ninja, setuptools, wheel, ruff" 2>/dev/null; then
-  echo "[setup] installing torch, numpy, h5py, tqdm, matplotlib, safetensors, pytest, pytest-benchmark, ninja, ruff (torch is large: a few minutes)"
-  python -m pip install -q --disable-pip-version-check torch numpy h5py tqdm matplotlib safetensors pytest pytest-benchmark ninja ruff "setuptools>=64" wheel
+if ! python -c "import torch, numpy, h5py, tqdm, matplotlib, safetensors, pytest, pytest_benchmark, xdist, ninja, setuptools, wheel, ruff" 2>/dev/null; then
+  echo "[setup] installing torch, numpy, h5py, tqdm, matplotlib, safetensors, pytest, pytest-benchmark, pytest-xdist, ninja, ruff (torch is large: a few minutes)"
+  python -m pip install -q --disable-pip-version-check torch numpy h5py tqdm matplotlib safetensors pytest pytest-benchmark pytest-xdist ninja ruff "setuptools>=64" wheel
 fi
 # The interop tests run against the real libraries (timm's ConvNeXt V2, torchgeo's MMEarth dataset)
 if ! python -c "import timm, torchgeo" 2>/dev/null; then

@@ -17,6 +17,9 @@ python -m ruff check .
 echo "== tests =="
 python -m pytest tests "$@"
 echo "== Triton kernels under the interpreter (TRITON_INTERPRET=1 pytest -m triton) =="
-TRITON_INTERPRET=1 python -m pytest tests -m triton -q -p no:cacheprovider
+# The interpreter runs every Triton program in Python, on one core per process: two workers halved this step on
+# 2 cores (1004 -> 545 s). The step above stays in one process: torch's own threads already use every core there
+# (two workers made it 612 -> 981 s).
+TRITON_INTERPRET=1 python -m pytest tests -m triton -q -p no:cacheprovider -n auto
 echo "== benchmarks, smoke mode (each case once, batch 4) =="
 MMEARTH_BENCH_BATCH=4 python -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider
